@@ -1,0 +1,149 @@
+//! What happens to one chunk: deflate, then (when encrypting) AES-256-GCM
+//! with a STREAM nonce; and the trailer that closes an archive. See
+//! docs/FORMAT.md §4–§5.
+
+use aes_gcm::aead::{AeadInOut, KeyInit};
+use aes_gcm::{Aes256Gcm, Nonce};
+use sha2::{Digest, Sha256};
+
+use crate::error::{Error, Result};
+use crate::header::Compression;
+
+pub const TAG_LEN: usize = 16;
+pub const TRAILER_LEN: usize = 64;
+
+/// STREAM nonce: 11-byte big-endian chunk counter ‖ 1-byte last-chunk flag.
+pub fn nonce(index: u64, last: bool) -> [u8; 12] {
+    let mut n = [0u8; 12];
+    n[3..11].copy_from_slice(&index.to_be_bytes());
+    n[11] = u8::from(last);
+    n
+}
+
+pub fn cipher(key: &[u8; 32]) -> Aes256Gcm {
+    Aes256Gcm::new(key.into())
+}
+
+pub fn seal(cipher: &Aes256Gcm, index: u64, last: bool, aad: &[u8], mut body: Vec<u8>) -> Vec<u8> {
+    let n = nonce(index, last);
+    let tag = cipher
+        .encrypt_inout_detached(&Nonce::from(n), aad, body.as_mut_slice().into())
+        .expect("AES-GCM seals any message under 64 GiB");
+    body.extend_from_slice(&tag);
+    body
+}
+
+pub fn open(cipher: &Aes256Gcm, index: u64, last: bool, aad: &[u8], sealed: &[u8]) -> Result<Vec<u8>> {
+    if sealed.len() < TAG_LEN {
+        return Err(Error::corrupt(index, "shorter than an authentication tag"));
+    }
+    let (ct, tag) = sealed.split_at(sealed.len() - TAG_LEN);
+    let mut body = ct.to_vec();
+    let n = nonce(index, last);
+    cipher
+        .decrypt_inout_detached(&Nonce::from(n), aad, body.as_mut_slice().into(), tag.try_into().expect("16 bytes"))
+        .map_err(|_| Error::corrupt(index, "authentication failed: its bytes were changed, or it was moved from another position or archive"))?;
+    Ok(body)
+}
+
+/// Raw deflate at `compression`'s level (level 0: stored blocks).
+pub fn deflate(data: &[u8], compression: Compression) -> Vec<u8> {
+    miniz_oxide::deflate::compress_to_vec(data, compression.level())
+}
+
+/// Inflates a chunk, refusing to produce more than `limit` bytes (a deflate
+/// bomb cannot make the reader allocate more than one chunk).
+pub fn inflate(index: u64, data: &[u8], limit: usize) -> Result<Vec<u8>> {
+    miniz_oxide::inflate::decompress_to_vec_with_limit(data, limit)
+        .map_err(|e| Error::corrupt(index, format!("deflate data is invalid ({:?})", e.status)))
+}
+
+/// The end-of-archive record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Trailer {
+    pub archive_id: [u8; 16],
+    pub data_chunks: u64,
+    pub plain_len: u64,
+    pub sha256: [u8; 32],
+}
+
+impl Trailer {
+    pub fn to_bytes(&self) -> [u8; TRAILER_LEN] {
+        let mut out = [0u8; TRAILER_LEN];
+        out[..16].copy_from_slice(&self.archive_id);
+        out[16..24].copy_from_slice(&self.data_chunks.to_le_bytes());
+        out[24..32].copy_from_slice(&self.plain_len.to_le_bytes());
+        out[32..].copy_from_slice(&self.sha256);
+        out
+    }
+
+    pub fn from_bytes(b: &[u8]) -> Result<Self> {
+        if b.len() != TRAILER_LEN {
+            return Err(Error::CorruptTrailer(format!("{} bytes, expected {TRAILER_LEN}", b.len())));
+        }
+        Ok(Trailer {
+            archive_id: b[..16].try_into().expect("16"),
+            data_chunks: u64::from_le_bytes(b[16..24].try_into().expect("8")),
+            plain_len: u64::from_le_bytes(b[24..32].try_into().expect("8")),
+            sha256: b[32..].try_into().expect("32"),
+        })
+    }
+}
+
+/// Running count, length and SHA-256 of the plaintext, in chunk order.
+#[derive(Clone, Default)]
+pub struct Tally {
+    chunks: u64,
+    len: u64,
+    hasher: Sha256,
+}
+
+impl Tally {
+    pub fn add(&mut self, plain: &[u8]) {
+        self.chunks += 1;
+        self.len += plain.len() as u64;
+        self.hasher.update(plain);
+    }
+
+    pub fn chunks(&self) -> u64 {
+        self.chunks
+    }
+
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub fn sha256(&self) -> [u8; 32] {
+        self.hasher.clone().finalize().into()
+    }
+
+    pub fn trailer(&self, archive_id: [u8; 16]) -> Trailer {
+        Trailer { archive_id, data_chunks: self.chunks, plain_len: self.len, sha256: self.sha256() }
+    }
+
+    /// Compares what was decoded with what the trailer promises.
+    pub fn check(&self, t: &Trailer) -> Result<()> {
+        if t.data_chunks != self.chunks {
+            return Err(Error::Truncated(format!(
+                "the trailer lists {} chunks but {} were read (chunks were removed)",
+                t.data_chunks, self.chunks
+            )));
+        }
+        if t.plain_len != self.len {
+            return Err(Error::ChecksumMismatch(format!(
+                "decoded {} bytes, the trailer says {}",
+                self.len, t.plain_len
+            )));
+        }
+        if t.sha256 != self.sha256() {
+            return Err(Error::ChecksumMismatch(
+                "the SHA-256 of the decoded data differs from the one in the trailer".into(),
+            ));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,171 @@
+//! Reading archives. [`FrameParser`] cuts frames, [`ArchiveReader`] opens one
+//! frame with no shared state (so hosts can decode on every core), and
+//! [`Tally`] checks the result against the trailer. [`Decoder`] is the
+//! sequential state machine combining them.
+
+use aes_gcm::Aes256Gcm;
+
+use crate::chunk::{self, Trailer};
+use crate::error::{Error, Result};
+use crate::frame::{Event, FrameParser, RawChunk};
+use crate::header::{Compression, Encryption, Metadata};
+use crate::key::KeyMaterial;
+
+pub use crate::chunk::Tally;
+
+pub struct ArchiveReader {
+    meta: Metadata,
+    header: Vec<u8>,
+    cipher: Option<Aes256Gcm>,
+}
+
+impl ArchiveReader {
+    /// Prepares to open an archive's chunks. Checks the key against the
+    /// header's key id first, so a wrong key is never mistaken for damage.
+    pub fn new(header: Vec<u8>, meta: Metadata, key: &KeyMaterial) -> Result<Self> {
+        let cipher = match meta.encryption {
+            Encryption::None => None,
+            Encryption::Aes256GcmStream { salt, kdf, key_id } => {
+                let master = key.master_for(&kdf)?;
+                if master.key_id() != key_id {
+                    return Err(Error::WrongKey {
+                        expected: crate::header::hex(&key_id),
+                        given: master.key_id_hex(),
+                    });
+                }
+                Some(chunk::cipher(&master.payload_key(&salt, &meta.archive_id)))
+            }
+        };
+        Ok(ArchiveReader { meta, header, cipher })
+    }
+
+    pub fn metadata(&self) -> &Metadata {
+        &self.meta
+    }
+
+    /// The plaintext of a data chunk.
+    pub fn open_chunk(&self, c: &RawChunk) -> Result<Vec<u8>> {
+        if c.last {
+            return Err(Error::corrupt(c.index, "expected a data chunk, found the trailer"));
+        }
+        let limit = self.meta.chunk_size as usize;
+        let plain = match &self.cipher {
+            Some(cipher) => {
+                let body = chunk::open(cipher, c.index, false, &self.header, &c.body)?;
+                match self.meta.compression {
+                    Compression::None => body,
+                    Compression::Deflate { .. } => chunk::inflate(c.index, &body, limit)?,
+                }
+            }
+            None => {
+                let plain = chunk::inflate(c.index, &c.body, limit)?;
+                if plain.len() != c.plain_len as usize || crc32fast::hash(&plain) != c.plain_crc {
+                    return Err(Error::corrupt(c.index, "its CRC-32 does not match its contents"));
+                }
+                plain
+            }
+        };
+        if plain.is_empty() || plain.len() > limit {
+            return Err(Error::corrupt(c.index, format!("it holds {} bytes; chunks hold 1 to {limit}", plain.len())));
+        }
+        Ok(plain)
+    }
+
+    /// The trailer, from the final frame.
+    pub fn open_trailer(&self, c: &RawChunk) -> Result<Trailer> {
+        if !c.last {
+            return Err(Error::CorruptTrailer(format!("frame {} is not the trailer", c.index)));
+        }
+        let record = match &self.cipher {
+            Some(cipher) => chunk::open(cipher, c.index, true, &self.header, &c.body)
+                .map_err(|_| Error::CorruptTrailer("authentication failed: it was changed or moved".into()))?,
+            None => c.body.clone(),
+        };
+        let t = Trailer::from_bytes(&record)?;
+        if t.archive_id != self.meta.archive_id {
+            return Err(Error::ForeignChunk {
+                position: c.index,
+                found: crate::header::hex(&t.archive_id),
+                expected: self.meta.archive_id_hex(),
+            });
+        }
+        Ok(t)
+    }
+}
+
+/// What a decoder read and checked.
+#[derive(Debug, Clone)]
+pub struct DecodeSummary {
+    pub meta: Metadata,
+    pub chunks: u64,
+    pub plain_len: u64,
+    pub plain_sha256: [u8; 32],
+}
+
+/// Sequential decoder: push archive bytes, get plaintext. Everything is
+/// checked before `finish` returns Ok; after an error it only repeats it.
+pub struct Decoder {
+    key: KeyMaterial,
+    parser: FrameParser,
+    reader: Option<ArchiveReader>,
+    tally: Tally,
+    trailer: Option<Trailer>,
+    failed: Option<Error>,
+}
+
+impl Decoder {
+    pub fn new(key: KeyMaterial) -> Self {
+        Decoder { key, parser: FrameParser::new(), reader: None, tally: Tally::default(), trailer: None, failed: None }
+    }
+
+    pub fn metadata(&self) -> Option<&Metadata> {
+        self.reader.as_ref().map(|r| r.metadata())
+    }
+
+    pub fn push(&mut self, data: &[u8]) -> Result<Vec<u8>> {
+        if let Some(e) = &self.failed {
+            return Err(e.clone());
+        }
+        self.parser.push(data);
+        let mut out = Vec::new();
+        let res = self.drain(&mut out);
+        res.map(|_| out).inspect_err(|e| self.failed = Some(e.clone()))
+    }
+
+    pub fn finish(mut self) -> Result<DecodeSummary> {
+        if let Some(e) = self.failed {
+            return Err(e);
+        }
+        self.parser.finish()?;
+        let reader = self.reader.expect("a finished parser has seen the header");
+        Ok(DecodeSummary {
+            meta: reader.meta,
+            chunks: self.tally.chunks(),
+            plain_len: self.tally.len(),
+            plain_sha256: self.tally.sha256(),
+        })
+    }
+
+    fn drain(&mut self, out: &mut Vec<u8>) -> Result<()> {
+        while let Some(ev) = self.parser.next_event()? {
+            match ev {
+                Event::Header { bytes, meta } => {
+                    self.reader = Some(ArchiveReader::new(bytes, meta, &self.key)?);
+                }
+                Event::Chunk(c) => {
+                    let reader = self.reader.as_ref().expect("header comes first");
+                    if c.last {
+                        let t = reader.open_trailer(&c)?;
+                        self.tally.check(&t)?;
+                        self.trailer = Some(t);
+                    } else {
+                        let plain = reader.open_chunk(&c)?;
+                        self.tally.add(&plain);
+                        out.extend_from_slice(&plain);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,24 @@
+//! cairn: backups of SQLite databases. This library is what the `cairn`
+//! binary runs; other Rust programs can call the same operations.
+//!
+//! - [`backup`], [`restore`], [`verify`]: the operations.
+//! - [`storage`]: where backups live (a trait; a local directory today).
+//! - [`engine`], [`sandbox`]: the core natively or as a wasm component.
+
+pub mod backup;
+pub mod catalog_store;
+pub mod cli;
+pub mod decode;
+pub mod engine;
+pub mod hints;
+pub mod keys;
+pub mod pipeline;
+pub mod progress;
+pub mod restore;
+pub mod sandbox;
+pub mod snapshot;
+pub mod storage;
+pub mod verify;
+
+mod component_hash;
+pub use component_hash::component_source_hash;
