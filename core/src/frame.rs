@@ -284,7 +284,9 @@ pub fn gzip_member_head(id: [u8; 2], payload: &[u8]) -> Vec<u8> {
 
 /// Parses a member's fixed header and FEXTRA: (subfield id, payload, bytes used).
 fn parse_member_extra(b: &[u8]) -> Result<Option<([u8; 2], &[u8], usize)>> {
-    let n = b.len().min(4);
+    // All ten fixed bytes, MTIME/XFL/OS included: cairn writes them constant,
+    // so a flip there is damage too.
+    let n = b.len().min(GZIP_FIXED.len());
     if b[..n] != GZIP_FIXED[..n] {
         return Err(if b.len() >= 2 && b[..2] == [0x1f, 0x8b] && b.len() >= 4 && b[3] & 0x04 == 0 {
             Error::NotAnArchive("it is a gzip file, but not one written by cairn (decompress it with gunzip)".into())

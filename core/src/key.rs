@@ -201,7 +201,7 @@ mod tests {
 
     #[test]
     fn bad_keys_are_rejected_without_echoing_them() {
-        let secret = "0123456789abcdef0123";
+        let secret = "not-a-key-0123456789";
         let err = MasterKey::parse(secret).unwrap_err().to_string();
         assert!(!err.contains(secret), "{err}");
         assert!(err.contains("64 hex digits"), "{err}");

@@ -1,0 +1,203 @@
+//! Round trips and every kind of damage the format promises to detect, in
+//! both containers.
+
+mod common;
+use common::*;
+
+use cairn_core::{ErrorCode, KeyMaterial, MasterKey};
+
+const MODES: [(u8, bool); 4] = [(6, false), (0, false), (6, true), (0, true)];
+
+#[test]
+fn round_trips_in_every_mode_and_size() {
+    for (level, enc) in MODES {
+        for len in [0, 1, CHUNK as usize - 1, CHUNK as usize, CHUNK as usize + 1, 5 * CHUNK as usize, 40_000] {
+            let data = sample(len);
+            let a = encode(params(level, enc), &data);
+            for piece in [1, 7, 4096, 1 << 20] {
+                if piece == 1 && len > 5000 {
+                    continue;
+                }
+                assert_eq!(decode_with(KeyMaterial::Key(key()), &a, piece).unwrap(), data, "level {level} enc {enc} len {len}");
+            }
+        }
+    }
+}
+
+#[test]
+fn streaming_and_chunk_level_encoders_agree_and_are_deterministic() {
+    for (level, enc) in MODES {
+        let data = sample(30_000);
+        let a = encode(params(level, enc), &data);
+        assert_eq!(a, encode(params(level, enc), &data));
+        assert_eq!(a, frames(&params(level, enc), &data).concat());
+    }
+}
+
+#[test]
+fn compression_shrinks_text() {
+    let data = sample(64 * 1024);
+    assert!(encode(params(6, false), &data).len() < data.len() / 2);
+    assert!(encode(params(6, true), &data).len() < data.len() / 2);
+}
+
+fn code(archive: &[u8]) -> ErrorCode {
+    decode(archive).expect_err("damage must be detected").code()
+}
+
+#[test]
+fn every_flipped_byte_is_detected() {
+    for (level, enc) in MODES {
+        let a = encode(params(level, enc), &sample(3 * CHUNK as usize + 100));
+        for pos in 0..a.len() {
+            let mut bad = a.clone();
+            bad[pos] ^= 0x01;
+            let err = decode(&bad);
+            assert!(err.is_err(), "flip at {pos} of {} not detected (level {level}, enc {enc})", a.len());
+            let c = err.unwrap_err().code();
+            assert!(c != ErrorCode::WrongKey, "a flip at {pos} must not read as a wrong key");
+        }
+    }
+}
+
+#[test]
+fn flipped_chunk_byte_is_reported_as_a_corrupt_chunk() {
+    for (level, enc) in MODES {
+        let p = params(level, enc);
+        let mut f = frames(&p, &sample(3 * CHUNK as usize));
+        let n = f[2].len();
+        f[2][n - 20] ^= 0x40;
+        let err = decode(&f.concat()).unwrap_err();
+        assert_eq!(err.code(), ErrorCode::CorruptChunk, "{err}");
+        assert!(err.to_string().contains("chunk 1"), "{err}");
+    }
+}
+
+#[test]
+fn swapped_chunks_are_reported_as_out_of_order() {
+    for (level, enc) in MODES {
+        let mut f = frames(&params(level, enc), &sample(3 * CHUNK as usize));
+        f.swap(1, 2);
+        let err = decode(&f.concat()).unwrap_err();
+        assert_eq!(err.code(), ErrorCode::OutOfOrder, "{err}");
+        assert!(err.to_string().contains("found chunk 1 at position 0"), "{err}");
+    }
+}
+
+#[test]
+fn a_chunk_from_another_archive_is_reported_as_such() {
+    for (level, enc) in MODES {
+        let data = sample(3 * CHUNK as usize);
+        let mut f = frames(&params(level, enc), &data);
+        let mut other = params(level, enc);
+        other.archive_id = [0xB2; 16];
+        let g = frames(&other, &data);
+        f[2] = g[2].clone();
+        let err = decode(&f.concat()).unwrap_err();
+        assert_eq!(err.code(), ErrorCode::ForeignChunk, "{err}");
+        assert!(err.to_string().contains(&"b2".repeat(16)), "{err}");
+    }
+}
+
+#[test]
+fn forged_frame_fields_do_not_get_past_the_aead() {
+    // Re-label a chunk from another archive with this archive's id and a
+    // valid frame CRC: only the AEAD can notice, and it must.
+    let data = sample(3 * CHUNK as usize);
+    let p = params(6, true);
+    let mut f = frames(&p, &data);
+    let mut other = params(6, true);
+    other.archive_id = [0xB2; 16];
+    let g = frames(&other, &data);
+    let sealed = &g[2][cairn_core::frame::FRAME_HEADER_LEN..];
+    let head = cairn_core::frame::encrypted_frame_header(&p.archive_id, 1, 0, sealed.len() as u32);
+    f[2] = [head.as_slice(), sealed].concat();
+    assert_eq!(code(&f.concat()), ErrorCode::CorruptChunk);
+}
+
+#[test]
+fn truncation_anywhere_is_reported_as_truncation() {
+    for (level, enc) in MODES {
+        let f = frames(&params(level, enc), &sample(3 * CHUNK as usize));
+        let a = f.concat();
+        let mut boundary = 0;
+        for fr in &f[..f.len() - 1] {
+            boundary += fr.len();
+            let err = decode(&a[..boundary]).unwrap_err();
+            assert_eq!(err.code(), ErrorCode::Truncated, "cut at frame boundary {boundary}: {err}");
+        }
+        for cut in [1, 5, 20, a.len() / 2, a.len() - 1] {
+            let c = code(&a[..cut]);
+            assert!(matches!(c, ErrorCode::Truncated | ErrorCode::CorruptTrailer), "cut at {cut}: {c:?}");
+        }
+        // A whole chunk dropped from the middle: the next one is out of order.
+        let mut g = f.clone();
+        g.remove(2);
+        assert_eq!(code(&g.concat()), ErrorCode::OutOfOrder);
+    }
+}
+
+#[test]
+fn trailing_bytes_are_rejected() {
+    for (level, enc) in MODES {
+        let mut a = encode(params(level, enc), &sample(10_000));
+        a.extend_from_slice(b"junk");
+        assert_eq!(code(&a), ErrorCode::TrailingData);
+    }
+}
+
+#[test]
+fn wrong_or_missing_key_is_not_damage() {
+    let a = encode(params(6, true), &sample(10_000));
+    let err = decode_with(KeyMaterial::Key(MasterKey([8u8; 32])), &a, 4096).unwrap_err();
+    assert_eq!(err.code(), ErrorCode::WrongKey);
+    assert!(err.to_string().starts_with("wrong key"), "{err}");
+    assert_eq!(decode_with(KeyMaterial::None, &a, 4096).unwrap_err().code(), ErrorCode::KeyRequired);
+    assert_eq!(
+        decode_with(KeyMaterial::Passphrase("pw".into()), &a, 4096).unwrap_err().code(),
+        ErrorCode::InvalidKey
+    );
+    // An unencrypted archive opens with or without a key.
+    let plain = encode(params(6, false), &sample(10_000));
+    assert!(decode_with(KeyMaterial::Key(MasterKey([8u8; 32])), &plain, 4096).is_ok());
+}
+
+#[test]
+fn passphrase_archives_round_trip() {
+    let kdf = cairn_core::Kdf::Argon2id { m_cost_kib: 64, t_cost: 1, p_cost: 1, salt: [3; 16] };
+    let master = cairn_core::key::derive_from_passphrase("correct horse", &kdf).unwrap();
+    let mut p = params(6, true);
+    p.encryption = Some(cairn_core::encoder::EncryptionParams { master, kdf, salt: [9; 32] });
+    let data = sample(20_000);
+    let a = encode(p, &data);
+    assert_eq!(decode_with(KeyMaterial::Passphrase("correct horse".into()), &a, 999).unwrap(), data);
+    let err = decode_with(KeyMaterial::Passphrase("wrong horse".into()), &a, 999).unwrap_err();
+    assert_eq!(err.code(), ErrorCode::WrongKey);
+}
+
+#[test]
+fn not_archives_are_named() {
+    let err = decode(b"SQLite format 3\0rest of a database").unwrap_err();
+    assert_eq!(err.code(), ErrorCode::NotAnArchive);
+    assert!(err.to_string().contains("SQLite database"), "{err}");
+    assert_eq!(code(b""), ErrorCode::NotAnArchive);
+    // A gzip file that cairn did not write.
+    let gz = [0x1f, 0x8b, 0x08, 0x00, 0, 0, 0, 0, 0, 3, 3, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+    let err = decode(&gz).unwrap_err();
+    assert!(err.to_string().contains("gunzip"), "{err}");
+}
+
+#[test]
+fn a_deflate_bomb_cannot_exceed_one_chunk() {
+    // A hand-made gzip member claiming a small chunk but inflating to more.
+    let p = params(9, false);
+    let w = cairn_core::ArchiveWriter::new(p.clone()).unwrap();
+    let bomb = miniz_oxide::deflate::compress_to_vec(&vec![0u8; 10 * CHUNK as usize], 9);
+    let ck = cairn_core::frame::ck_payload(&p.archive_id, 0, bomb.len() as u32, CHUNK);
+    let mut member = cairn_core::frame::gzip_member_head(*b"CK", &ck);
+    member.extend_from_slice(&bomb);
+    member.extend_from_slice(&0u32.to_le_bytes());
+    member.extend_from_slice(&CHUNK.to_le_bytes());
+    let a = [w.preamble(), member].concat();
+    assert_eq!(code(&a), ErrorCode::CorruptChunk);
+}
