@@ -38,7 +38,11 @@ pub struct Entry {
     pub db_name: String,
     pub page_size: u32,
     pub plain_size: u64,
-    pub plain_sha256: String,
+    /// SHA-256 of the database; omitted for encrypted backups, where it
+    /// would let anyone confirm a guess of the contents (the encrypted
+    /// trailer still carries and checks it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plain_sha256: Option<String>,
     pub stored_size: u64,
     pub stored_sha256: String,
     pub compression: String,
@@ -71,7 +75,7 @@ impl Entry {
             db_name: meta.db_name.clone(),
             page_size: meta.page_size,
             plain_size: plain.0,
-            plain_sha256: hex(&plain.1),
+            plain_sha256: (!meta.encryption.is_encrypted()).then(|| hex(&plain.1)),
             stored_size: stored.0,
             stored_sha256: hex(&stored.1),
             compression: meta.compression.describe(),
@@ -241,7 +245,7 @@ mod tests {
             db_name: "app.db".into(),
             page_size: 4096,
             plain_size: 10,
-            plain_sha256: "00".repeat(32),
+            plain_sha256: Some("00".repeat(32)),
             stored_size: 5,
             stored_sha256: "11".repeat(32),
             compression: "deflate-6".into(),

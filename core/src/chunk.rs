@@ -129,7 +129,7 @@ impl Tally {
     pub fn check(&self, t: &Trailer) -> Result<()> {
         if t.data_chunks != self.chunks {
             return Err(Error::Truncated(format!(
-                "the trailer lists {} chunks but {} were read (chunks were removed)",
+                "the trailer lists {} chunks but {} were read",
                 t.data_chunks, self.chunks
             )));
         }

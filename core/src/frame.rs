@@ -168,8 +168,11 @@ impl FrameParser {
         if avail.is_empty() {
             return Ok(None);
         }
-        if avail[0] == 0x1f {
+        if avail.len() >= 2 && avail[..2] == [0x1f, 0x8b] {
             return self.parse_gzip_header();
+        }
+        if avail[0] == 0x1f && avail.len() < 2 {
+            return Ok(None);
         }
         if avail[0] != MAGIC[0] {
             return Err(Error::NotAnArchive(format!("it is {}", crate::sniff::sniff(avail).describe())));

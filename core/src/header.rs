@@ -171,8 +171,11 @@ impl Metadata {
         if crc32fast::hash(body) != stored {
             return Err(Error::CorruptHeader("header checksum does not match".into()));
         }
-        let meta: Metadata = postcard::from_bytes(&body[MAGIC.len() + 3..])
+        let (meta, rest): (Metadata, _) = postcard::take_from_bytes(&body[MAGIC.len() + 3..])
             .map_err(|e| Error::CorruptHeader(format!("metadata does not decode: {e}")))?;
+        if !rest.is_empty() {
+            return Err(Error::CorruptHeader(format!("{} unexpected bytes after the metadata", rest.len())));
+        }
         meta.validate().map_err(|e| Error::CorruptHeader(e.to_string()))?;
         Ok(meta)
     }

@@ -107,6 +107,9 @@ pub fn run_seeded(storage: &dyn Storage, opts: &BackupOptions, seeds: Seeds) -> 
     };
     let id = catalog::snapshot_id(seeds.created_at_ms, seeds.id_suffix);
     let object = catalog::snapshot_object_key(&id, params.encryption.is_some());
+    if catalog.find(&id).is_some() || catalog.find_object(&object).is_some() {
+        bail!("backup id {id} is already in {}; run the backup again", storage.describe(""));
+    }
     let workers = pipeline::workers();
     let encoders = engine::encoders(opts.engine, &params, workers + 1)?;
 
@@ -146,7 +149,7 @@ pub fn run_seeded(storage: &dyn Storage, opts: &BackupOptions, seeds: Seeds) -> 
         database: opts.db.display().to_string(),
         plain_size: entry.plain_size,
         stored_size: entry.stored_size,
-        plain_sha256: entry.plain_sha256,
+        plain_sha256: hex::encode(encoded.trailer.sha256),
         stored_sha256: entry.stored_sha256,
         compression: entry.compression,
         encryption: entry.encryption,
@@ -183,7 +186,7 @@ fn dest_error(storage: &dyn Storage, e: std::io::Error) -> anyhow::Error {
     }
 }
 
-/// Refuses a destination inside nothing sensible before any work is done.
+/// The compression for a `--level`, with a message that names the flag.
 pub fn check_level(level: u8) -> Result<Compression> {
     if level > 9 {
         bail!("--level {level} is out of range: use 0 (store) to 9 (smallest)");

@@ -344,8 +344,14 @@ fn cmd_verify(a: VerifyArgs) -> Result<()> {
             }
         }
     }
-    if failed > 0 {
-        bail!("{failed} of {} backups failed verification", results.len());
+    if let Some(first) = results.iter().find(|r| !r.ok) {
+        let more = if failed > 1 { format!(" (and {} more)", failed - 1) } else { String::new() };
+        bail!(
+            "{failed} of {} backups failed verification: {}: {}{more}",
+            results.len(),
+            first.id,
+            first.error.as_deref().unwrap_or("")
+        );
     }
     Ok(())
 }

@@ -208,12 +208,13 @@ pub fn decode_native(mut input: impl Read + Send, key: &KeyMaterial, out: impl W
         let rtx = res_tx.clone();
         let r2 = reader.clone();
         s.spawn(move || {
-            let mut frames = 0u64;
+            // Position of the frame being handled: errors are reported there.
+            let mut pos = 0u64;
             let result = (|| -> Result<()> {
                 loop {
                     while let Some(ev) = parser.next_event()? {
                         let Event::Chunk(c) = ev else { unreachable!("one header") };
-                        frames = c.index + 1;
+                        pos = c.index;
                         if c.last {
                             let t = r2.open_trailer(&c)?;
                             // Anything after the trailer is damage too.
@@ -233,6 +234,7 @@ pub fn decode_native(mut input: impl Read + Send, key: &KeyMaterial, out: impl W
                         if job_tx.send(c).is_err() {
                             return Ok(());
                         }
+                        pos += 1;
                     }
                     let got = read_full(&mut input, &mut buf)?;
                     if got == 0 {
@@ -244,7 +246,7 @@ pub fn decode_native(mut input: impl Read + Send, key: &KeyMaterial, out: impl W
                 }
             })();
             if let Err(e) = result {
-                let _ = rtx.send((frames, Item::Fail(e)));
+                let _ = rtx.send((pos, Item::Fail(e)));
             }
         });
         for _ in 0..n {

@@ -100,6 +100,13 @@ pub fn run(storage: &dyn Storage, opts: &RestoreOptions) -> Result<RestoreReport
             }
         }
     }
+    // tempfile creates 0600; give the database the mode of the file it
+    // replaces, or the usual 0644 for a new one.
+    let mode = out.metadata().map(|m| m.permissions()).unwrap_or_else(|_| {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::Permissions::from_mode(0o644)
+    });
+    std::fs::set_permissions(tmp.path(), mode).with_context(|| format!("cannot set permissions on {}", tmp.path().display()))?;
     tmp.persist(out).map_err(|e| anyhow!("cannot move the restored database to {}: {}", out.display(), e.error))?;
     File::open(&dir).and_then(|d| d.sync_all()).ok();
     Ok(RestoreReport {

@@ -32,8 +32,12 @@ pub trait Storage: Send + Sync {
     fn get_small(&self, key: &str) -> io::Result<Option<Vec<u8>>> {
         match self.open(key) {
             Ok(mut r) => {
+                const LIMIT: u64 = 64 << 20;
                 let mut v = Vec::new();
-                r.by_ref().take(64 << 20).read_to_end(&mut v)?;
+                r.by_ref().take(LIMIT + 1).read_to_end(&mut v)?;
+                if v.len() as u64 > LIMIT {
+                    return Err(io::Error::new(io::ErrorKind::InvalidData, format!("{key} is over 64 MiB, too large for a cairn metadata file")));
+                }
                 Ok(Some(v))
             }
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
