@@ -23,17 +23,34 @@ fn main() {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut cmd = Command::new(cargo);
     cmd.current_dir(&workspace)
-        .args(["build", "--locked", "--release", "-p", "cairn-core", "--lib", "--target", "wasm32-wasip2"])
+        .args([
+            "build",
+            "--locked",
+            "--release",
+            "-p",
+            "cairn-core",
+            "--lib",
+            "--target",
+            "wasm32-wasip2",
+        ])
         .arg("--target-dir")
         .arg(&target_dir)
         .env("CARGO_PROFILE_RELEASE_DEBUG", "false")
         .env("CARGO_PROFILE_RELEASE_STRIP", "true")
         .env("CARGO_PROFILE_RELEASE_LTO", "true")
         .env("CARGO_PROFILE_RELEASE_CODEGEN_UNITS", "1");
-    for var in ["CARGO_ENCODED_RUSTFLAGS", "RUSTFLAGS", "CARGO_TARGET_DIR", "CARGO_BUILD_TARGET", "RUSTC_WORKSPACE_WRAPPER"] {
+    for var in [
+        "CARGO_ENCODED_RUSTFLAGS",
+        "RUSTFLAGS",
+        "CARGO_TARGET_DIR",
+        "CARGO_BUILD_TARGET",
+        "RUSTC_WORKSPACE_WRAPPER",
+    ] {
         cmd.env_remove(var);
     }
-    let status = cmd.status().expect("cannot run cargo for the embedded component");
+    let status = cmd
+        .status()
+        .expect("cannot run cargo for the embedded component");
     if !status.success() {
         panic!(
             "building the cairn-core component failed. If the error says the wasm32-wasip2 \
@@ -43,9 +60,14 @@ fn main() {
     }
     let wasm = target_dir.join("wasm32-wasip2/release/cairn_core.wasm");
     copy(&wasm, &out_dir.join("cairn_core.wasm"));
-    std::fs::write(out_dir.join("component_hash.txt"), component_source_hash(&workspace)).unwrap();
+    std::fs::write(
+        out_dir.join("component_hash.txt"),
+        component_source_hash(&workspace),
+    )
+    .unwrap();
 }
 
 fn copy(from: &Path, to: &Path) {
-    std::fs::copy(from, to).unwrap_or_else(|e| panic!("copy {} -> {}: {e}", from.display(), to.display()));
+    std::fs::copy(from, to)
+        .unwrap_or_else(|e| panic!("copy {} -> {}: {e}", from.display(), to.display()));
 }

@@ -120,10 +120,13 @@ impl Catalog {
         if bytes.iter().all(u8::is_ascii_whitespace) {
             return Err(Error::Catalog("the catalog file is empty".into()));
         }
-        let env: EnvelopeIn<'_> =
-            serde_json::from_slice(bytes).map_err(|e| Error::Catalog(format!("not valid catalog JSON ({e})")))?;
+        let env: EnvelopeIn<'_> = serde_json::from_slice(bytes)
+            .map_err(|e| Error::Catalog(format!("not valid catalog JSON ({e})")))?;
         if env.format != CATALOG_FORMAT {
-            return Err(Error::Catalog(format!("format is {:?}, expected {CATALOG_FORMAT:?}", env.format)));
+            return Err(Error::Catalog(format!(
+                "format is {:?}, expected {CATALOG_FORMAT:?}",
+                env.format
+            )));
         }
         if env.version != CATALOG_VERSION {
             return Err(Error::Catalog(format!(
@@ -133,9 +136,13 @@ impl Catalog {
         }
         let body = env.body.get();
         if hex(&Sha256::digest(body.as_bytes())) != env.body_sha256 {
-            return Err(Error::Catalog("the body's SHA-256 does not match body_sha256: the file was damaged or edited".into()));
+            return Err(Error::Catalog(
+                "the body's SHA-256 does not match body_sha256: the file was damaged or edited"
+                    .into(),
+            ));
         }
-        let cat: Catalog = serde_json::from_str(body).map_err(|e| Error::Catalog(format!("body does not decode ({e})")))?;
+        let cat: Catalog = serde_json::from_str(body)
+            .map_err(|e| Error::Catalog(format!("body does not decode ({e})")))?;
         cat.validate()?;
         Ok(cat)
     }
@@ -169,9 +176,14 @@ impl Catalog {
     pub fn add(&mut self, entry: Entry) -> Result<()> {
         validate_object_key(&entry.object)?;
         if self.find(&entry.id).is_some() {
-            return Err(Error::Catalog(format!("entry id {} already exists", entry.id)));
+            return Err(Error::Catalog(format!(
+                "entry id {} already exists",
+                entry.id
+            )));
         }
-        let at = self.entries.partition_point(|e| (e.created_at_ms, &e.id) <= (entry.created_at_ms, &entry.id));
+        let at = self
+            .entries
+            .partition_point(|e| (e.created_at_ms, &e.id) <= (entry.created_at_ms, &entry.id));
         self.entries.insert(at, entry);
         self.generation += 1;
         Ok(())
@@ -207,7 +219,8 @@ pub fn latest_pointer(entry: &Entry) -> Vec<u8> {
 }
 
 pub fn parse_latest_pointer(bytes: &[u8]) -> Result<String> {
-    let text = core::str::from_utf8(bytes).map_err(|_| Error::Catalog("latest.txt is not text".into()))?;
+    let text =
+        core::str::from_utf8(bytes).map_err(|_| Error::Catalog("latest.txt is not text".into()))?;
     let key = text.trim();
     if key.is_empty() {
         return Err(Error::Catalog("latest.txt is empty".into()));
@@ -225,9 +238,17 @@ pub fn validate_object_key(key: &str) -> Result<()> {
             !seg.is_empty()
                 && seg != "."
                 && seg != ".."
-                && seg.bytes().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b'-'))
+                && seg
+                    .bytes()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b'-'))
         });
-    if ok { Ok(()) } else { Err(Error::Catalog(format!("object key {key:?} is not a safe relative path"))) }
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::Catalog(format!(
+            "object key {key:?} is not a safe relative path"
+        )))
+    }
 }
 
 #[cfg(test)]
@@ -272,9 +293,21 @@ mod tests {
     fn detects_damage_and_bad_keys() {
         let mut c = Catalog::default();
         c.add(entry("a", 1)).unwrap();
-        let text = String::from_utf8(c.render()).unwrap().replace("app.db", "evil.db");
-        assert!(Catalog::parse(text.as_bytes()).unwrap_err().to_string().contains("SHA-256"));
-        assert!(Catalog::parse(b"").unwrap_err().to_string().contains("empty"));
+        let text = String::from_utf8(c.render())
+            .unwrap()
+            .replace("app.db", "evil.db");
+        assert!(
+            Catalog::parse(text.as_bytes())
+                .unwrap_err()
+                .to_string()
+                .contains("SHA-256")
+        );
+        assert!(
+            Catalog::parse(b"")
+                .unwrap_err()
+                .to_string()
+                .contains("empty")
+        );
         assert!(validate_object_key("../etc/passwd").is_err());
         assert!(validate_object_key("/abs").is_err());
         assert!(parse_latest_pointer(b"snapshots/x.db.gz\n").is_ok());

@@ -33,7 +33,13 @@ pub fn seal(cipher: &Aes256Gcm, index: u64, last: bool, aad: &[u8], mut body: Ve
     body
 }
 
-pub fn open(cipher: &Aes256Gcm, index: u64, last: bool, aad: &[u8], sealed: &[u8]) -> Result<Vec<u8>> {
+pub fn open(
+    cipher: &Aes256Gcm,
+    index: u64,
+    last: bool,
+    aad: &[u8],
+    sealed: &[u8],
+) -> Result<Vec<u8>> {
     if sealed.len() < TAG_LEN {
         return Err(Error::corrupt(index, "shorter than an authentication tag"));
     }
@@ -79,7 +85,10 @@ impl Trailer {
 
     pub fn from_bytes(b: &[u8]) -> Result<Self> {
         if b.len() != TRAILER_LEN {
-            return Err(Error::CorruptTrailer(format!("{} bytes, expected {TRAILER_LEN}", b.len())));
+            return Err(Error::CorruptTrailer(format!(
+                "{} bytes, expected {TRAILER_LEN}",
+                b.len()
+            )));
         }
         Ok(Trailer {
             archive_id: b[..16].try_into().expect("16"),
@@ -122,7 +131,12 @@ impl Tally {
     }
 
     pub fn trailer(&self, archive_id: [u8; 16]) -> Trailer {
-        Trailer { archive_id, data_chunks: self.chunks, plain_len: self.len, sha256: self.sha256() }
+        Trailer {
+            archive_id,
+            data_chunks: self.chunks,
+            plain_len: self.len,
+            sha256: self.sha256(),
+        }
     }
 
     /// Compares what was decoded with what the trailer promises.

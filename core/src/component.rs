@@ -9,7 +9,10 @@ use exports::cairn::core::types as w;
 
 use crate::catalog::{self, Catalog, Entry, EntryKind};
 use crate::encoder::EncryptionParams;
-use crate::{Compression, Decoder, Encoder, Error, ErrorCode, Kdf, KeyMaterial, MasterKey, SourceKind, WriterParams};
+use crate::{
+    Compression, Decoder, Encoder, Error, ErrorCode, Kdf, KeyMaterial, MasterKey, SourceKind,
+    WriterParams,
+};
 
 wit_bindgen::generate!({ path: "../wit", world: "cairn" });
 
@@ -34,12 +37,19 @@ fn err(e: Error) -> w::Error {
         ErrorCode::InvalidParam => w::ErrorCode::InvalidParam,
         ErrorCode::Catalog => w::ErrorCode::Catalog,
     };
-    w::Error { code, message: e.to_string() }
+    w::Error {
+        code,
+        message: e.to_string(),
+    }
 }
 
 fn array<const N: usize>(name: &'static str, v: &[u8]) -> Result<[u8; N], w::Error> {
-    v.try_into()
-        .map_err(|_| err(Error::InvalidParam { name, reason: format!("{} bytes, expected {N}", v.len()) }))
+    v.try_into().map_err(|_| {
+        err(Error::InvalidParam {
+            name,
+            reason: format!("{} bytes, expected {N}", v.len()),
+        })
+    })
 }
 
 fn master(v: &[u8]) -> Result<MasterKey, w::Error> {
@@ -77,7 +87,11 @@ fn source_out(s: SourceKind) -> w::SourceKind {
 fn writer_params(p: w::WriterParams) -> Result<WriterParams, w::Error> {
     let encryption = match &p.encryption {
         None => None,
-        Some(e) => Some(EncryptionParams { master: master(&e.master_key)?, kdf: kdf(&e.kdf)?, salt: array("salt", &e.salt)? }),
+        Some(e) => Some(EncryptionParams {
+            master: master(&e.master_key)?,
+            kdf: kdf(&e.kdf)?,
+            salt: array("salt", &e.salt)?,
+        }),
     };
     Ok(WriterParams {
         archive_id: array("archive id", &p.archive_id)?,
@@ -114,7 +128,9 @@ pub struct EncoderRes(RefCell<Option<Encoder>>);
 impl EncoderRes {
     fn with<T>(&self, f: impl FnOnce(&mut Encoder) -> Result<T, Error>) -> Result<T, w::Error> {
         let mut slot = self.0.borrow_mut();
-        let enc = slot.as_mut().ok_or_else(|| err(Error::param("encoder", "already finished")))?;
+        let enc = slot
+            .as_mut()
+            .ok_or_else(|| err(Error::param("encoder", "already finished")))?;
         f(enc).map_err(err)
     }
 }
@@ -130,7 +146,11 @@ impl GuestEncoder for EncoderRes {
     }
 
     fn finish(&self) -> Result<(Vec<u8>, w::EncodeSummary), w::Error> {
-        let enc = self.0.borrow_mut().take().ok_or_else(|| err(Error::param("encoder", "already finished")))?;
+        let enc = self
+            .0
+            .borrow_mut()
+            .take()
+            .ok_or_else(|| err(Error::param("encoder", "already finished")))?;
         let (bytes, s) = enc.finish().map_err(err)?;
         let summary = w::EncodeSummary {
             chunks: s.chunks,
@@ -149,11 +169,21 @@ impl GuestEncoder for EncoderRes {
         self.with(|e| e.writer().encode_chunk(index, &data))
     }
 
-    fn finale(&self, data_chunks: u64, plain_len: u64, plain_sha256: Vec<u8>) -> Result<Vec<u8>, w::Error> {
+    fn finale(
+        &self,
+        data_chunks: u64,
+        plain_len: u64,
+        plain_sha256: Vec<u8>,
+    ) -> Result<Vec<u8>, w::Error> {
         let sha256 = array("plain SHA-256", &plain_sha256)?;
         self.with(|e| {
             let archive_id = e.writer().metadata().archive_id;
-            Ok(e.writer().finale(&crate::chunk::Trailer { archive_id, data_chunks, plain_len, sha256 }))
+            Ok(e.writer().finale(&crate::chunk::Trailer {
+                archive_id,
+                data_chunks,
+                plain_len,
+                sha256,
+            }))
         })
     }
 }
@@ -176,14 +206,25 @@ impl GuestDecoder for DecoderRes {
 
     fn push(&self, data: Vec<u8>) -> Result<Vec<u8>, w::Error> {
         let mut slot = self.0.borrow_mut();
-        let dec = slot.as_mut().ok_or_else(|| err(Error::param("decoder", "already finished")))?;
+        let dec = slot
+            .as_mut()
+            .ok_or_else(|| err(Error::param("decoder", "already finished")))?;
         dec.push(&data).map_err(err)
     }
 
     fn finish(&self) -> Result<w::DecodeSummary, w::Error> {
-        let dec = self.0.borrow_mut().take().ok_or_else(|| err(Error::param("decoder", "already finished")))?;
+        let dec = self
+            .0
+            .borrow_mut()
+            .take()
+            .ok_or_else(|| err(Error::param("decoder", "already finished")))?;
         let s = dec.finish().map_err(err)?;
-        Ok(w::DecodeSummary { info: info(&s.meta), chunks: s.chunks, plain_len: s.plain_len, plain_sha256: s.plain_sha256.to_vec() })
+        Ok(w::DecodeSummary {
+            info: info(&s.meta),
+            chunks: s.chunks,
+            plain_len: s.plain_len,
+            plain_sha256: s.plain_sha256.to_vec(),
+        })
     }
 }
 
@@ -193,7 +234,9 @@ impl codec::Guest for Component {
 
     fn derive_key(passphrase: String, params: w::Argon2Params) -> Result<Vec<u8>, w::Error> {
         let k = kdf(&w::Kdf::Argon2id(params))?;
-        crate::key::derive_from_passphrase(&passphrase, &k).map(|m| m.0.to_vec()).map_err(err)
+        crate::key::derive_from_passphrase(&passphrase, &k)
+            .map(|m| m.0.to_vec())
+            .map_err(err)
     }
 
     fn key_id(master_key: Vec<u8>) -> Result<String, w::Error> {
@@ -255,11 +298,17 @@ fn entry_out(e: Entry) -> manifest::Entry {
 }
 
 fn catalog_in(c: manifest::Catalog) -> Catalog {
-    Catalog { generation: c.generation, entries: c.entries.into_iter().map(entry_in).collect() }
+    Catalog {
+        generation: c.generation,
+        entries: c.entries.into_iter().map(entry_in).collect(),
+    }
 }
 
 fn catalog_out(c: Catalog) -> manifest::Catalog {
-    manifest::Catalog { generation: c.generation, entries: c.entries.into_iter().map(entry_out).collect() }
+    manifest::Catalog {
+        generation: c.generation,
+        entries: c.entries.into_iter().map(entry_out).collect(),
+    }
 }
 
 impl manifest::Guest for Component {
@@ -271,7 +320,10 @@ impl manifest::Guest for Component {
         catalog_in(catalog).render()
     }
 
-    fn add_entry(catalog: manifest::Catalog, entry: manifest::Entry) -> Result<manifest::Catalog, w::Error> {
+    fn add_entry(
+        catalog: manifest::Catalog,
+        entry: manifest::Entry,
+    ) -> Result<manifest::Catalog, w::Error> {
         let mut c = catalog_in(catalog);
         c.add(entry_in(entry)).map_err(err)?;
         Ok(catalog_out(c))

@@ -36,7 +36,11 @@ impl ArchiveReader {
                 Some(chunk::cipher(&master.payload_key(&salt, &meta.archive_id)))
             }
         };
-        Ok(ArchiveReader { meta, header, cipher })
+        Ok(ArchiveReader {
+            meta,
+            header,
+            cipher,
+        })
     }
 
     pub fn metadata(&self) -> &Metadata {
@@ -46,7 +50,10 @@ impl ArchiveReader {
     /// The plaintext of a data chunk.
     pub fn open_chunk(&self, c: &RawChunk) -> Result<Vec<u8>> {
         if c.last {
-            return Err(Error::corrupt(c.index, "expected a data chunk, found the trailer"));
+            return Err(Error::corrupt(
+                c.index,
+                "expected a data chunk, found the trailer",
+            ));
         }
         let limit = self.meta.chunk_size as usize;
         let plain = match &self.cipher {
@@ -60,13 +67,19 @@ impl ArchiveReader {
             None => {
                 let plain = chunk::inflate(c.index, &c.body, limit)?;
                 if plain.len() != c.plain_len as usize || crc32fast::hash(&plain) != c.plain_crc {
-                    return Err(Error::corrupt(c.index, "its CRC-32 does not match its contents"));
+                    return Err(Error::corrupt(
+                        c.index,
+                        "its CRC-32 does not match its contents",
+                    ));
                 }
                 plain
             }
         };
         if plain.is_empty() || plain.len() > limit {
-            return Err(Error::corrupt(c.index, format!("it holds {} bytes; chunks hold 1 to {limit}", plain.len())));
+            return Err(Error::corrupt(
+                c.index,
+                format!("it holds {} bytes; chunks hold 1 to {limit}", plain.len()),
+            ));
         }
         Ok(plain)
     }
@@ -74,11 +87,17 @@ impl ArchiveReader {
     /// The trailer, from the final frame.
     pub fn open_trailer(&self, c: &RawChunk) -> Result<Trailer> {
         if !c.last {
-            return Err(Error::CorruptTrailer(format!("frame {} is not the trailer", c.index)));
+            return Err(Error::CorruptTrailer(format!(
+                "frame {} is not the trailer",
+                c.index
+            )));
         }
         let record = match &self.cipher {
-            Some(cipher) => chunk::open(cipher, c.index, true, &self.header, &c.body)
-                .map_err(|_| Error::CorruptTrailer("authentication failed: it was changed or moved".into()))?,
+            Some(cipher) => {
+                chunk::open(cipher, c.index, true, &self.header, &c.body).map_err(|_| {
+                    Error::CorruptTrailer("authentication failed: it was changed or moved".into())
+                })?
+            }
             None => c.body.clone(),
         };
         let t = Trailer::from_bytes(&record)?;
@@ -115,7 +134,14 @@ pub struct Decoder {
 
 impl Decoder {
     pub fn new(key: KeyMaterial) -> Self {
-        Decoder { key, parser: FrameParser::new(), reader: None, tally: Tally::default(), trailer: None, failed: None }
+        Decoder {
+            key,
+            parser: FrameParser::new(),
+            reader: None,
+            tally: Tally::default(),
+            trailer: None,
+            failed: None,
+        }
     }
 
     pub fn metadata(&self) -> Option<&Metadata> {
@@ -129,7 +155,8 @@ impl Decoder {
         self.parser.push(data);
         let mut out = Vec::new();
         let res = self.drain(&mut out);
-        res.map(|_| out).inspect_err(|e| self.failed = Some(e.clone()))
+        res.map(|_| out)
+            .inspect_err(|e| self.failed = Some(e.clone()))
     }
 
     pub fn finish(mut self) -> Result<DecodeSummary> {

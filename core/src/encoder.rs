@@ -46,7 +46,11 @@ impl ArchiveWriter {
         let (encryption, cipher) = match &p.encryption {
             None => (Encryption::None, None),
             Some(e) => (
-                Encryption::Aes256GcmStream { salt: e.salt, kdf: e.kdf, key_id: e.master.key_id() },
+                Encryption::Aes256GcmStream {
+                    salt: e.salt,
+                    kdf: e.kdf,
+                    key_id: e.master.key_id(),
+                },
                 Some(chunk::cipher(&e.master.payload_key(&e.salt, &p.archive_id))),
             ),
         };
@@ -61,7 +65,11 @@ impl ArchiveWriter {
             encryption,
         };
         let header = meta.to_header_bytes()?;
-        Ok(ArchiveWriter { meta, header, cipher })
+        Ok(ArchiveWriter {
+            meta,
+            header,
+            cipher,
+        })
     }
 
     pub fn metadata(&self) -> &Metadata {
@@ -90,7 +98,11 @@ impl ArchiveWriter {
         if data.is_empty() || data.len() > self.chunk_size() {
             return Err(Error::param(
                 "chunk",
-                format!("{} bytes; a chunk holds 1 to {} bytes", data.len(), self.chunk_size()),
+                format!(
+                    "{} bytes; a chunk holds 1 to {} bytes",
+                    data.len(),
+                    self.chunk_size()
+                ),
             ));
         }
         match &self.cipher {
@@ -104,7 +116,12 @@ impl ArchiveWriter {
             }
             None => {
                 let deflated = chunk::deflate(data, self.meta.compression);
-                let ck = frame::ck_payload(&self.meta.archive_id, index, deflated.len() as u32, data.len() as u32);
+                let ck = frame::ck_payload(
+                    &self.meta.archive_id,
+                    index,
+                    deflated.len() as u32,
+                    data.len() as u32,
+                );
                 let mut out = frame::gzip_member_head(SUB_CHUNK, &ck);
                 out.reserve(deflated.len() + 8);
                 out.extend_from_slice(&deflated);
@@ -135,7 +152,8 @@ impl ArchiveWriter {
     }
 
     fn encrypted_frame(&self, index: u64, kind: u8, sealed: Vec<u8>) -> Vec<u8> {
-        let head = frame::encrypted_frame_header(&self.meta.archive_id, index, kind, sealed.len() as u32);
+        let head =
+            frame::encrypted_frame_header(&self.meta.archive_id, index, kind, sealed.len() as u32);
         let mut out = Vec::with_capacity(head.len() + sealed.len());
         out.extend_from_slice(&head);
         out.extend_from_slice(&sealed);
@@ -166,7 +184,13 @@ impl Encoder {
     pub fn new(params: WriterParams) -> Result<Self> {
         let writer = ArchiveWriter::new(params)?;
         let pending = Vec::with_capacity(writer.chunk_size());
-        Ok(Encoder { writer, pending, tally: Tally::default(), started: false, stored: 0 })
+        Ok(Encoder {
+            writer,
+            pending,
+            tally: Tally::default(),
+            started: false,
+            stored: 0,
+        })
     }
 
     pub fn writer(&self) -> &ArchiveWriter {
@@ -215,7 +239,9 @@ impl Encoder {
     }
 
     fn flush(&mut self) -> Result<Vec<u8>> {
-        let frame = self.writer.encode_chunk(self.tally.chunks(), &self.pending)?;
+        let frame = self
+            .writer
+            .encode_chunk(self.tally.chunks(), &self.pending)?;
         self.tally.add(&self.pending);
         self.pending.clear();
         Ok(frame)

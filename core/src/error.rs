@@ -43,13 +43,17 @@ impl ErrorCode {
 pub enum Error {
     #[error("not a cairn archive ({0})")]
     NotAnArchive(String),
-    #[error("archive format version {0} is not supported (this cairn reads version 1); upgrade cairn")]
+    #[error(
+        "archive format version {0} is not supported (this cairn reads version 1); upgrade cairn"
+    )]
     UnsupportedVersion(u8),
     #[error("archive header is corrupted ({0})")]
     CorruptHeader(String),
     #[error("the archive is encrypted and no key was given")]
     KeyRequired,
-    #[error("wrong key: the archive was encrypted with key id {expected}, the key given has id {given}")]
+    #[error(
+        "wrong key: the archive was encrypted with key id {expected}, the key given has id {given}"
+    )]
     WrongKey { expected: String, given: String },
     #[error("invalid key: {0}")]
     InvalidKey(String),
@@ -57,8 +61,14 @@ pub enum Error {
     Truncated(String),
     #[error("chunk {index} is corrupted: {reason}")]
     CorruptChunk { index: u64, reason: String },
-    #[error("chunk at position {position} belongs to another archive (its archive id is {found}, this archive is {expected})")]
-    ForeignChunk { position: u64, found: String, expected: String },
+    #[error(
+        "chunk at position {position} belongs to another archive (its archive id is {found}, this archive is {expected})"
+    )]
+    ForeignChunk {
+        position: u64,
+        found: String,
+        expected: String,
+    },
     #[error("chunks are out of order: found chunk {found} at position {position}")]
     OutOfOrder { position: u64, found: u64 },
     #[error("archive trailer is corrupted ({0})")]
@@ -99,11 +109,17 @@ impl Error {
     }
 
     pub(crate) fn corrupt(index: u64, reason: impl Into<String>) -> Self {
-        Error::CorruptChunk { index, reason: reason.into() }
+        Error::CorruptChunk {
+            index,
+            reason: reason.into(),
+        }
     }
 
     pub(crate) fn param(name: &'static str, reason: impl Into<String>) -> Self {
-        Error::InvalidParam { name, reason: reason.into() }
+        Error::InvalidParam {
+            name,
+            reason: reason.into(),
+        }
     }
 }
 

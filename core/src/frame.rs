@@ -82,7 +82,15 @@ impl Default for FrameParser {
 
 impl FrameParser {
     pub fn new() -> Self {
-        FrameParser { buf: Vec::new(), pos: 0, container: None, meta: None, next_index: 0, done: false, trailing: 0 }
+        FrameParser {
+            buf: Vec::new(),
+            pos: 0,
+            container: None,
+            meta: None,
+            next_index: 0,
+            done: false,
+            trailing: 0,
+        }
     }
 
     pub fn push(&mut self, data: &[u8]) {
@@ -105,7 +113,9 @@ impl FrameParser {
     pub fn next_event(&mut self) -> Result<Option<Event>> {
         if self.done {
             if self.trailing > 0 || self.pos < self.buf.len() {
-                return Err(Error::TrailingData(self.trailing + (self.buf.len() - self.pos) as u64));
+                return Err(Error::TrailingData(
+                    self.trailing + (self.buf.len() - self.pos) as u64,
+                ));
             }
             return Ok(None);
         }
@@ -113,13 +123,16 @@ impl FrameParser {
         match self.container {
             None => self.parse_start(),
             Some(Container::Encrypted) => {
-                let Some((chunk, used)) = parse_encrypted_frame(avail, self.meta(), self.next_index)? else {
+                let Some((chunk, used)) =
+                    parse_encrypted_frame(avail, self.meta(), self.next_index)?
+                else {
                     return Ok(None);
                 };
                 Ok(Some(self.emit(chunk, used)))
             }
             Some(Container::Gzip) => {
-                let Some((chunk, used)) = parse_gzip_member(avail, self.meta(), self.next_index)? else {
+                let Some((chunk, used)) = parse_gzip_member(avail, self.meta(), self.next_index)?
+                else {
                     return Ok(None);
                 };
                 Ok(Some(self.emit(chunk, used)))
@@ -146,7 +159,10 @@ impl FrameParser {
                 "it ends after chunk {}, before the end-of-archive trailer",
                 self.next_index - 1
             )),
-            (Some(_), n) => Error::Truncated(format!("it ends inside chunk {} ({n} bytes of it present)", self.next_index)),
+            (Some(_), n) => Error::Truncated(format!(
+                "it ends inside chunk {} ({n} bytes of it present)",
+                self.next_index
+            )),
         })
     }
 
@@ -175,16 +191,23 @@ impl FrameParser {
             return Ok(None);
         }
         if avail[0] != MAGIC[0] {
-            return Err(Error::NotAnArchive(format!("it is {}", crate::sniff::sniff(avail).describe())));
+            return Err(Error::NotAnArchive(format!(
+                "it is {}",
+                crate::sniff::sniff(avail).describe()
+            )));
         }
-        let Some(len) = header::header_len(avail)? else { return Ok(None) };
+        let Some(len) = header::header_len(avail)? else {
+            return Ok(None);
+        };
         if avail.len() < len {
             return Ok(None);
         }
         let bytes = avail[..len].to_vec();
         let meta = Metadata::from_header_bytes(&bytes)?;
         if !meta.encryption.is_encrypted() {
-            return Err(Error::CorruptHeader("an unencrypted header in the encrypted container".into()));
+            return Err(Error::CorruptHeader(
+                "an unencrypted header in the encrypted container".into(),
+            ));
         }
         self.pos += len;
         self.container = Some(Container::Encrypted);
@@ -194,22 +217,29 @@ impl FrameParser {
 
     fn parse_gzip_header(&mut self) -> Result<Option<Event>> {
         let avail = &self.buf[self.pos..];
-        let Some((id, payload, used)) = parse_member_extra(avail)? else { return Ok(None) };
+        let Some((id, payload, used)) = parse_member_extra(avail)? else {
+            return Ok(None);
+        };
         if id != SUB_HEADER {
             return Err(Error::NotAnArchive(
-                "it is a gzip file, but not one written by cairn (decompress it with gunzip)".into(),
+                "it is a gzip file, but not one written by cairn (decompress it with gunzip)"
+                    .into(),
             ));
         }
         if avail.len() < used + EMPTY_MEMBER_TAIL.len() {
             return Ok(None);
         }
         if avail[used..used + EMPTY_MEMBER_TAIL.len()] != EMPTY_MEMBER_TAIL {
-            return Err(Error::CorruptHeader("the header member carries data".into()));
+            return Err(Error::CorruptHeader(
+                "the header member carries data".into(),
+            ));
         }
         let bytes = payload.to_vec();
         let meta = Metadata::from_header_bytes(&bytes)?;
         if meta.encryption.is_encrypted() {
-            return Err(Error::CorruptHeader("an encrypted header in the gzip container".into()));
+            return Err(Error::CorruptHeader(
+                "an encrypted header in the gzip container".into(),
+            ));
         }
         self.pos += used + EMPTY_MEMBER_TAIL.len();
         self.container = Some(Container::Gzip);
@@ -221,10 +251,17 @@ impl FrameParser {
 /// The diagnosis shared by both containers once a frame's own CRC holds.
 fn check_identity(meta: &Metadata, position: u64, archive_id: &[u8], index: u64) -> Result<()> {
     if archive_id != meta.archive_id {
-        return Err(Error::ForeignChunk { position, found: hex(archive_id), expected: meta.archive_id_hex() });
+        return Err(Error::ForeignChunk {
+            position,
+            found: hex(archive_id),
+            expected: meta.archive_id_hex(),
+        });
     }
     if index != position {
-        return Err(Error::OutOfOrder { position, found: index });
+        return Err(Error::OutOfOrder {
+            position,
+            found: index,
+        });
     }
     Ok(())
 }
@@ -237,7 +274,12 @@ fn u64_at(b: &[u8], at: usize) -> u64 {
     u64::from_le_bytes(b[at..at + 8].try_into().expect("8 bytes"))
 }
 
-pub fn encrypted_frame_header(archive_id: &[u8; 16], index: u64, kind: u8, len: u32) -> [u8; FRAME_HEADER_LEN] {
+pub fn encrypted_frame_header(
+    archive_id: &[u8; 16],
+    index: u64,
+    kind: u8,
+    len: u32,
+) -> [u8; FRAME_HEADER_LEN] {
     let mut h = [0u8; FRAME_HEADER_LEN];
     h[..16].copy_from_slice(archive_id);
     h[16..24].copy_from_slice(&index.to_le_bytes());
@@ -248,12 +290,19 @@ pub fn encrypted_frame_header(archive_id: &[u8; 16], index: u64, kind: u8, len: 
     h
 }
 
-fn parse_encrypted_frame(b: &[u8], meta: &Metadata, position: u64) -> Result<Option<(RawChunk, usize)>> {
+fn parse_encrypted_frame(
+    b: &[u8],
+    meta: &Metadata,
+    position: u64,
+) -> Result<Option<(RawChunk, usize)>> {
     if b.len() < FRAME_HEADER_LEN {
         return Ok(None);
     }
     if crc32fast::hash(&b[..29]) != u32_at(b, 29) {
-        return Err(Error::corrupt(position, "its frame header checksum does not match"));
+        return Err(Error::corrupt(
+            position,
+            "its frame header checksum does not match",
+        ));
     }
     let index = u64_at(b, 16);
     check_identity(meta, position, &b[..16], index)?;
@@ -264,13 +313,22 @@ fn parse_encrypted_frame(b: &[u8], meta: &Metadata, position: u64) -> Result<Opt
     };
     let len = u32_at(b, 25) as usize;
     if len > max_body_len(meta.chunk_size) {
-        return Err(Error::corrupt(position, format!("its length {len} is over the limit for this chunk size")));
+        return Err(Error::corrupt(
+            position,
+            format!("its length {len} is over the limit for this chunk size"),
+        ));
     }
     let end = FRAME_HEADER_LEN + len;
     if b.len() < end {
         return Ok(None);
     }
-    let chunk = RawChunk { index, last, body: b[FRAME_HEADER_LEN..end].to_vec(), plain_crc: 0, plain_len: 0 };
+    let chunk = RawChunk {
+        index,
+        last,
+        body: b[FRAME_HEADER_LEN..end].to_vec(),
+        plain_crc: 0,
+        plain_len: 0,
+    };
     Ok(Some((chunk, end)))
 }
 
@@ -286,16 +344,24 @@ pub fn gzip_member_head(id: [u8; 2], payload: &[u8]) -> Vec<u8> {
 }
 
 /// Parses a member's fixed header and FEXTRA: (subfield id, payload, bytes used).
-fn parse_member_extra(b: &[u8]) -> Result<Option<([u8; 2], &[u8], usize)>> {
+/// A member's single FEXTRA subfield: its id, its payload, and the bytes used so far.
+type MemberExtra<'a> = ([u8; 2], &'a [u8], usize);
+
+fn parse_member_extra(b: &[u8]) -> Result<Option<MemberExtra<'_>>> {
     // All ten fixed bytes, MTIME/XFL/OS included: cairn writes them constant,
     // so a flip there is damage too.
     let n = b.len().min(GZIP_FIXED.len());
     if b[..n] != GZIP_FIXED[..n] {
-        return Err(if b.len() >= 2 && b[..2] == [0x1f, 0x8b] && b.len() >= 4 && b[3] & 0x04 == 0 {
-            Error::NotAnArchive("it is a gzip file, but not one written by cairn (decompress it with gunzip)".into())
-        } else {
-            Error::CorruptHeader("a gzip member header is not the one cairn writes".into())
-        });
+        return Err(
+            if b.len() >= 2 && b[..2] == [0x1f, 0x8b] && b.len() >= 4 && b[3] & 0x04 == 0 {
+                Error::NotAnArchive(
+                    "it is a gzip file, but not one written by cairn (decompress it with gunzip)"
+                        .into(),
+                )
+            } else {
+                Error::CorruptHeader("a gzip member header is not the one cairn writes".into())
+            },
+        );
     }
     if b.len() < 12 {
         return Ok(None);
@@ -305,17 +371,26 @@ fn parse_member_extra(b: &[u8]) -> Result<Option<([u8; 2], &[u8], usize)>> {
         return Ok(None);
     }
     if xlen < 4 {
-        return Err(Error::CorruptHeader("a gzip extra field is too short".into()));
+        return Err(Error::CorruptHeader(
+            "a gzip extra field is too short".into(),
+        ));
     }
     let id = [b[12], b[13]];
     let sub_len = u16::from_le_bytes([b[14], b[15]]) as usize;
     if sub_len + 4 != xlen {
-        return Err(Error::CorruptHeader("a gzip extra field's lengths disagree".into()));
+        return Err(Error::CorruptHeader(
+            "a gzip extra field's lengths disagree".into(),
+        ));
     }
     Ok(Some((id, &b[16..16 + sub_len], 12 + xlen)))
 }
 
-pub fn ck_payload(archive_id: &[u8; 16], index: u64, deflate_len: u32, plain_len: u32) -> [u8; CK_LEN] {
+pub fn ck_payload(
+    archive_id: &[u8; 16],
+    index: u64,
+    deflate_len: u32,
+    plain_len: u32,
+) -> [u8; CK_LEN] {
     let mut p = [0u8; CK_LEN];
     p[..16].copy_from_slice(archive_id);
     p[16..24].copy_from_slice(&index.to_le_bytes());
@@ -326,21 +401,33 @@ pub fn ck_payload(archive_id: &[u8; 16], index: u64, deflate_len: u32, plain_len
     p
 }
 
-fn parse_gzip_member(b: &[u8], meta: &Metadata, position: u64) -> Result<Option<(RawChunk, usize)>> {
+fn parse_gzip_member(
+    b: &[u8],
+    meta: &Metadata,
+    position: u64,
+) -> Result<Option<(RawChunk, usize)>> {
     let parsed = parse_member_extra(b).map_err(|e| match e {
         Error::CorruptHeader(r) | Error::NotAnArchive(r) => Error::corrupt(position, r),
         other => other,
     })?;
-    let Some((id, p, used)) = parsed else { return Ok(None) };
+    let Some((id, p, used)) = parsed else {
+        return Ok(None);
+    };
     match id {
         SUB_CHUNK => {
             if p.len() != CK_LEN || crc32fast::hash(&p[..32]) != u32_at(p, 32) {
-                return Err(Error::corrupt(position, "its gzip extra field checksum does not match"));
+                return Err(Error::corrupt(
+                    position,
+                    "its gzip extra field checksum does not match",
+                ));
             }
             check_identity(meta, position, &p[..16], u64_at(p, 16))?;
             let deflate_len = u32_at(p, 24) as usize;
             let plain_len = u32_at(p, 28);
-            if deflate_len > max_body_len(meta.chunk_size) || plain_len == 0 || plain_len > meta.chunk_size {
+            if deflate_len > max_body_len(meta.chunk_size)
+                || plain_len == 0
+                || plain_len > meta.chunk_size
+            {
                 return Err(Error::corrupt(position, "its lengths are out of range"));
             }
             let end = used + deflate_len + 8;
@@ -350,9 +437,21 @@ fn parse_gzip_member(b: &[u8], meta: &Metadata, position: u64) -> Result<Option<
             let body = b[used..used + deflate_len].to_vec();
             let plain_crc = u32_at(b, used + deflate_len);
             if u32_at(b, used + deflate_len + 4) != plain_len {
-                return Err(Error::corrupt(position, "its gzip ISIZE differs from its length"));
+                return Err(Error::corrupt(
+                    position,
+                    "its gzip ISIZE differs from its length",
+                ));
             }
-            Ok(Some((RawChunk { index: position, last: false, body, plain_crc, plain_len }, end)))
+            Ok(Some((
+                RawChunk {
+                    index: position,
+                    last: false,
+                    body,
+                    plain_crc,
+                    plain_len,
+                },
+                end,
+            )))
         }
         SUB_TRAILER => {
             if p.len() != CT_LEN || crc32fast::hash(&p[..CT_LEN - 4]) != u32_at(p, CT_LEN - 4) {
@@ -363,11 +462,25 @@ fn parse_gzip_member(b: &[u8], meta: &Metadata, position: u64) -> Result<Option<
                 return Ok(None);
             }
             if b[used..end] != EMPTY_MEMBER_TAIL {
-                return Err(Error::CorruptTrailer("the trailer member carries data".into()));
+                return Err(Error::CorruptTrailer(
+                    "the trailer member carries data".into(),
+                ));
             }
             let body = p[..CT_LEN - 4].to_vec();
-            Ok(Some((RawChunk { index: position, last: true, body, plain_crc: 0, plain_len: 0 }, end)))
+            Ok(Some((
+                RawChunk {
+                    index: position,
+                    last: true,
+                    body,
+                    plain_crc: 0,
+                    plain_len: 0,
+                },
+                end,
+            )))
         }
-        _ => Err(Error::corrupt(position, "its gzip extra field is not a cairn chunk")),
+        _ => Err(Error::corrupt(
+            position,
+            "its gzip extra field is not a cairn chunk",
+        )),
     }
 }

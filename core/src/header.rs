@@ -52,7 +52,10 @@ impl Compression {
         match level {
             0 => Ok(Compression::None),
             1..=9 => Ok(Compression::Deflate { level }),
-            _ => Err(Error::param("compression level", format!("{level} is not in 0..=9"))),
+            _ => Err(Error::param(
+                "compression level",
+                format!("{level} is not in 0..=9"),
+            )),
         }
     }
 
@@ -76,7 +79,12 @@ pub enum Kdf {
     /// The master key is a raw 32-byte key.
     RawKey,
     /// The master key is Argon2id(passphrase, salt) with these parameters.
-    Argon2id { m_cost_kib: u32, t_cost: u32, p_cost: u32, salt: [u8; 16] },
+    Argon2id {
+        m_cost_kib: u32,
+        t_cost: u32,
+        p_cost: u32,
+        salt: [u8; 16],
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -84,7 +92,11 @@ pub enum Encryption {
     None,
     /// AES-256-GCM in the STREAM construction, keyed per archive with
     /// HKDF-SHA-256(master key, salt, "cairn-v1 payload" ‖ archive id).
-    Aes256GcmStream { salt: [u8; 32], kdf: Kdf, key_id: [u8; 8] },
+    Aes256GcmStream {
+        salt: [u8; 32],
+        kdf: Kdf,
+        key_id: [u8; 8],
+    },
 }
 
 impl Encryption {
@@ -95,8 +107,13 @@ impl Encryption {
     pub fn describe(&self) -> &'static str {
         match self {
             Encryption::None => "none",
-            Encryption::Aes256GcmStream { kdf: Kdf::RawKey, .. } => "aes-256-gcm (key)",
-            Encryption::Aes256GcmStream { kdf: Kdf::Argon2id { .. }, .. } => "aes-256-gcm (passphrase)",
+            Encryption::Aes256GcmStream {
+                kdf: Kdf::RawKey, ..
+            } => "aes-256-gcm (key)",
+            Encryption::Aes256GcmStream {
+                kdf: Kdf::Argon2id { .. },
+                ..
+            } => "aes-256-gcm (passphrase)",
         }
     }
 }
@@ -119,19 +136,36 @@ impl Metadata {
         if !(MIN_CHUNK_SIZE..=MAX_CHUNK_SIZE).contains(&self.chunk_size) {
             return Err(Error::param(
                 "chunk size",
-                format!("{} is not in {MIN_CHUNK_SIZE}..={MAX_CHUNK_SIZE}", self.chunk_size),
+                format!(
+                    "{} is not in {MIN_CHUNK_SIZE}..={MAX_CHUNK_SIZE}",
+                    self.chunk_size
+                ),
             ));
         }
         if self.db_name.len() > MAX_DB_NAME_LEN {
-            return Err(Error::param("database name", format!("longer than {MAX_DB_NAME_LEN} bytes")));
+            return Err(Error::param(
+                "database name",
+                format!("longer than {MAX_DB_NAME_LEN} bytes"),
+            ));
         }
-        if let Compression::Deflate { level } = self.compression {
-            if !(1..=9).contains(&level) {
-                return Err(Error::param("compression level", format!("{level} is not in 1..=9")));
-            }
+        if let Compression::Deflate { level } = self.compression
+            && !(1..=9).contains(&level)
+        {
+            return Err(Error::param(
+                "compression level",
+                format!("{level} is not in 1..=9"),
+            ));
         }
-        if let Encryption::Aes256GcmStream { kdf: Kdf::Argon2id { m_cost_kib, t_cost, p_cost, .. }, .. } =
-            self.encryption
+        if let Encryption::Aes256GcmStream {
+            kdf:
+                Kdf::Argon2id {
+                    m_cost_kib,
+                    t_cost,
+                    p_cost,
+                    ..
+                },
+            ..
+        } = self.encryption
         {
             crate::key::check_argon2_params(m_cost_kib, t_cost, p_cost)?;
         }
@@ -146,9 +180,13 @@ impl Metadata {
     /// metadata, CRC-32 of all of it.
     pub fn to_header_bytes(&self) -> Result<Vec<u8>> {
         self.validate()?;
-        let meta = postcard::to_allocvec(self).map_err(|e| Error::param("metadata", e.to_string()))?;
+        let meta =
+            postcard::to_allocvec(self).map_err(|e| Error::param("metadata", e.to_string()))?;
         if meta.len() > MAX_METADATA_LEN {
-            return Err(Error::param("metadata", format!("{} bytes is over {MAX_METADATA_LEN}", meta.len())));
+            return Err(Error::param(
+                "metadata",
+                format!("{} bytes is over {MAX_METADATA_LEN}", meta.len()),
+            ));
         }
         let mut out = Vec::with_capacity(MAGIC.len() + 7 + meta.len());
         out.extend_from_slice(&MAGIC);
@@ -162,21 +200,31 @@ impl Metadata {
 
     /// Parses a complete header record, as delimited by [`header_len`].
     pub fn from_header_bytes(bytes: &[u8]) -> Result<Self> {
-        let total = header_len(bytes)?.ok_or_else(|| Error::Truncated("inside the header".into()))?;
+        let total =
+            header_len(bytes)?.ok_or_else(|| Error::Truncated("inside the header".into()))?;
         if bytes.len() != total {
-            return Err(Error::CorruptHeader(format!("header record is {} bytes, expected {total}", bytes.len())));
+            return Err(Error::CorruptHeader(format!(
+                "header record is {} bytes, expected {total}",
+                bytes.len()
+            )));
         }
         let body = &bytes[..total - 4];
         let stored = u32::from_le_bytes(bytes[total - 4..].try_into().expect("4 bytes"));
         if crc32fast::hash(body) != stored {
-            return Err(Error::CorruptHeader("header checksum does not match".into()));
+            return Err(Error::CorruptHeader(
+                "header checksum does not match".into(),
+            ));
         }
         let (meta, rest): (Metadata, _) = postcard::take_from_bytes(&body[MAGIC.len() + 3..])
             .map_err(|e| Error::CorruptHeader(format!("metadata does not decode: {e}")))?;
         if !rest.is_empty() {
-            return Err(Error::CorruptHeader(format!("{} unexpected bytes after the metadata", rest.len())));
+            return Err(Error::CorruptHeader(format!(
+                "{} unexpected bytes after the metadata",
+                rest.len()
+            )));
         }
-        meta.validate().map_err(|e| Error::CorruptHeader(e.to_string()))?;
+        meta.validate()
+            .map_err(|e| Error::CorruptHeader(e.to_string()))?;
         Ok(meta)
     }
 }
@@ -187,7 +235,9 @@ pub fn header_len(prefix: &[u8]) -> Result<Option<usize>> {
     let fixed = MAGIC.len() + 3;
     let n = prefix.len().min(MAGIC.len());
     if prefix[..n] != MAGIC[..n] {
-        return Err(Error::NotAnArchive("the cairn magic bytes are missing".into()));
+        return Err(Error::NotAnArchive(
+            "the cairn magic bytes are missing".into(),
+        ));
     }
     if prefix.len() < fixed {
         return Ok(None);
@@ -198,7 +248,9 @@ pub fn header_len(prefix: &[u8]) -> Result<Option<usize>> {
     }
     let meta_len = u16::from_le_bytes([prefix[MAGIC.len() + 1], prefix[MAGIC.len() + 2]]) as usize;
     if meta_len > MAX_METADATA_LEN {
-        return Err(Error::CorruptHeader(format!("metadata length {meta_len} is over {MAX_METADATA_LEN}")));
+        return Err(Error::CorruptHeader(format!(
+            "metadata length {meta_len} is over {MAX_METADATA_LEN}"
+        )));
     }
     Ok(Some(fixed + meta_len + 4))
 }

@@ -55,7 +55,10 @@ impl MasterKey {
             )));
         };
         let arr: [u8; 32] = bytes.as_slice().try_into().map_err(|_| {
-            Error::InvalidKey(format!("a key is 32 bytes; this one decodes to {} bytes", bytes.len()))
+            Error::InvalidKey(format!(
+                "a key is 32 bytes; this one decodes to {} bytes",
+                bytes.len()
+            ))
         })?;
         Ok(MasterKey(arr))
     }
@@ -64,7 +67,8 @@ impl MasterKey {
     pub fn key_id(&self) -> [u8; 8] {
         let hk = Hkdf::<Sha256>::new(None, &self.0);
         let mut out = [0u8; 8];
-        hk.expand(b"cairn-v1 key-id", &mut out).expect("8 bytes is a valid HKDF length");
+        hk.expand(b"cairn-v1 key-id", &mut out)
+            .expect("8 bytes is a valid HKDF length");
         out
     }
 
@@ -79,7 +83,8 @@ impl MasterKey {
         info.extend_from_slice(b"cairn-v1 payload");
         info.extend_from_slice(archive_id);
         let mut out = [0u8; 32];
-        hk.expand(&info, &mut out).expect("32 bytes is a valid HKDF length");
+        hk.expand(&info, &mut out)
+            .expect("32 bytes is a valid HKDF length");
         out
     }
 }
@@ -100,10 +105,12 @@ impl KeyMaterial {
             (KeyMaterial::Key(k), Kdf::RawKey) => Ok(k.clone()),
             (KeyMaterial::Passphrase(p), Kdf::Argon2id { .. }) => derive_from_passphrase(p, kdf),
             (KeyMaterial::Key(_), Kdf::Argon2id { .. }) => Err(Error::InvalidKey(
-                "this archive was encrypted with a passphrase; give the passphrase, not a key".into(),
+                "this archive was encrypted with a passphrase; give the passphrase, not a key"
+                    .into(),
             )),
             (KeyMaterial::Passphrase(_), Kdf::RawKey) => Err(Error::InvalidKey(
-                "this archive was encrypted with a 32-byte key; give the key, not a passphrase".into(),
+                "this archive was encrypted with a 32-byte key; give the key, not a passphrase"
+                    .into(),
             )),
         }
     }
@@ -127,7 +134,13 @@ pub(crate) fn check_argon2_params(m: u32, t: u32, p: u32) -> Result<()> {
 /// Stretches a passphrase into a master key with the Argon2id parameters and
 /// salt of `kdf`.
 pub fn derive_from_passphrase(passphrase: &str, kdf: &Kdf) -> Result<MasterKey> {
-    let Kdf::Argon2id { m_cost_kib, t_cost, p_cost, salt } = *kdf else {
+    let Kdf::Argon2id {
+        m_cost_kib,
+        t_cost,
+        p_cost,
+        salt,
+    } = *kdf
+    else {
         return Err(Error::param("key derivation", "not a passphrase archive"));
     };
     if passphrase.is_empty() {
@@ -150,7 +163,10 @@ fn decode_hex(t: &str) -> Vec<u8> {
         b'a'..=b'f' => c - b'a' + 10,
         _ => c - b'A' + 10,
     };
-    t.as_bytes().chunks(2).map(|p| (v(p[0]) << 4) | v(p[1])).collect()
+    t.as_bytes()
+        .chunks(2)
+        .map(|p| (v(p[0]) << 4) | v(p[1]))
+        .collect()
 }
 
 /// Standard base64 with padding (RFC 4648 §4); `None` if it is not that.
@@ -166,7 +182,7 @@ fn decode_base64(t: &str) -> Option<Vec<u8>> {
         } as u32)
     };
     let b = t.as_bytes();
-    if b.is_empty() || b.len() % 4 != 0 {
+    if b.is_empty() || !b.len().is_multiple_of(4) {
         return None;
     }
     let mut out = Vec::with_capacity(b.len() / 4 * 3);
@@ -195,7 +211,10 @@ mod tests {
     fn parses_hex_and_base64_to_the_same_key() {
         let hex = "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f";
         let b64 = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
-        assert_eq!(MasterKey::parse(hex).unwrap(), MasterKey::parse(b64).unwrap());
+        assert_eq!(
+            MasterKey::parse(hex).unwrap(),
+            MasterKey::parse(b64).unwrap()
+        );
         assert_eq!(MasterKey::parse(&format!("  {hex}\n")).unwrap().0[31], 31);
     }
 
@@ -211,7 +230,12 @@ mod tests {
 
     #[test]
     fn argon2_bounds_are_enforced() {
-        let kdf = Kdf::Argon2id { m_cost_kib: 4 << 20, t_cost: 1, p_cost: 1, salt: [0; 16] };
+        let kdf = Kdf::Argon2id {
+            m_cost_kib: 4 << 20,
+            t_cost: 1,
+            p_cost: 1,
+            salt: [0; 16],
+        };
         assert!(derive_from_passphrase("pw", &kdf).is_err());
     }
 }

@@ -20,9 +20,9 @@ pub mod time;
 mod component;
 
 pub use decoder::{ArchiveReader, DecodeSummary, Decoder, Tally};
-pub use frame::FrameParser;
 pub use encoder::{ArchiveWriter, EncodeSummary, Encoder, WriterParams};
 pub use error::{Error, ErrorCode};
+pub use frame::FrameParser;
 pub use frame::{Event, RawChunk};
 pub use header::{Compression, Encryption, Kdf, Metadata, SourceKind};
 pub use key::{KeyMaterial, MasterKey};

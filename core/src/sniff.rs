@@ -8,7 +8,9 @@ pub enum Kind {
     /// A cairn archive in the encrypted container.
     CairnEncrypted,
     /// A gzip file; `cairn` when its first member carries a cairn header.
-    Gzip { cairn: bool },
+    Gzip {
+        cairn: bool,
+    },
     /// A SQLite 3 database file.
     Sqlite,
     /// A pg_dump custom-format archive (`pg_dump -Fc`).
@@ -34,8 +36,24 @@ impl Kind {
 
 const SQLITE_MAGIC: &[u8; 16] = b"SQLite format 3\0";
 const SQL_STARTS: &[&str] = &[
-    "--", "/*", "pragma", "begin", "create", "insert", "set", "select", "drop", "alter", "commit", "with",
-    "update", "delete", "copy", "start", "\\connect", "\\restrict",
+    "--",
+    "/*",
+    "pragma",
+    "begin",
+    "create",
+    "insert",
+    "set",
+    "select",
+    "drop",
+    "alter",
+    "commit",
+    "with",
+    "update",
+    "delete",
+    "copy",
+    "start",
+    "\\connect",
+    "\\restrict",
 ];
 
 pub fn sniff(b: &[u8]) -> Kind {
@@ -63,7 +81,9 @@ fn looks_like_sql(b: &[u8]) -> bool {
     // Text: UTF-8 (a sequence cut at the end of the prefix is fine), no NUL.
     let text = match core::str::from_utf8(b) {
         Ok(t) => t,
-        Err(e) if e.error_len().is_none() => core::str::from_utf8(&b[..e.valid_up_to()]).unwrap_or(""),
+        Err(e) if e.error_len().is_none() => {
+            core::str::from_utf8(&b[..e.valid_up_to()]).unwrap_or("")
+        }
         Err(_) => return false,
     };
     if text.contains('\0') {
@@ -73,7 +93,9 @@ fn looks_like_sql(b: &[u8]) -> bool {
     SQL_STARTS.iter().any(|kw| {
         start.len() >= kw.len()
             && start[..kw.len()].eq_ignore_ascii_case(kw.as_bytes())
-            && start.get(kw.len()).is_none_or(|c| !c.is_ascii_alphanumeric() || kw.len() <= 2)
+            && start
+                .get(kw.len())
+                .is_none_or(|c| !c.is_ascii_alphanumeric() || kw.len() <= 2)
     })
 }
 
@@ -85,9 +107,15 @@ mod tests {
     fn tells_formats_apart() {
         assert_eq!(sniff(b"SQLite format 3\0\x10\x00"), Kind::Sqlite);
         assert_eq!(sniff(b"PGDMP\x01\x0e\x00"), Kind::PgDumpCustom);
-        assert_eq!(sniff(b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\x03"), Kind::Gzip { cairn: false });
+        assert_eq!(
+            sniff(b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\x03"),
+            Kind::Gzip { cairn: false }
+        );
         assert_eq!(sniff(&MAGIC), Kind::CairnEncrypted);
-        assert_eq!(sniff(b"PRAGMA foreign_keys=OFF;\nBEGIN TRANSACTION;"), Kind::SqlText);
+        assert_eq!(
+            sniff(b"PRAGMA foreign_keys=OFF;\nBEGIN TRANSACTION;"),
+            Kind::SqlText
+        );
         assert_eq!(sniff(b"--\n-- PostgreSQL database dump\n"), Kind::SqlText);
         assert_eq!(sniff(b"  create table t(x);"), Kind::SqlText);
         assert_eq!(sniff(b"settings = 1"), Kind::Unknown);

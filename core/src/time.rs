@@ -28,7 +28,15 @@ fn parts(unix_ms: i64) -> Parts {
     let ms = unix_ms.rem_euclid(1000);
     let (y, mo, d) = civil_from_days(secs.div_euclid(86_400));
     let sod = secs.rem_euclid(86_400);
-    Parts { y, mo, d, h: sod / 3600, mi: sod % 3600 / 60, s: sod % 60, ms }
+    Parts {
+        y,
+        mo,
+        d,
+        h: sod / 3600,
+        mi: sod % 3600 / 60,
+        s: sod % 60,
+        ms,
+    }
 }
 
 /// `2026-11-22T15:01:02.345Z`
@@ -43,7 +51,10 @@ pub fn rfc3339(unix_ms: i64) -> String {
 /// `20261122T150102Z`: sortable, file-name safe.
 pub fn compact(unix_ms: i64) -> String {
     let p = parts(unix_ms);
-    format!("{:04}{:02}{:02}T{:02}{:02}{:02}Z", p.y, p.mo, p.d, p.h, p.mi, p.s)
+    format!(
+        "{:04}{:02}{:02}T{:02}{:02}{:02}Z",
+        p.y, p.mo, p.d, p.h, p.mi, p.s
+    )
 }
 
 #[cfg(test)]

@@ -11,14 +11,26 @@ const MODES: [(u8, bool); 4] = [(6, false), (0, false), (6, true), (0, true)];
 #[test]
 fn round_trips_in_every_mode_and_size() {
     for (level, enc) in MODES {
-        for len in [0, 1, CHUNK as usize - 1, CHUNK as usize, CHUNK as usize + 1, 5 * CHUNK as usize, 40_000] {
+        for len in [
+            0,
+            1,
+            CHUNK as usize - 1,
+            CHUNK as usize,
+            CHUNK as usize + 1,
+            5 * CHUNK as usize,
+            40_000,
+        ] {
             let data = sample(len);
             let a = encode(params(level, enc), &data);
             for piece in [1, 7, 4096, 1 << 20] {
                 if piece == 1 && len > 5000 {
                     continue;
                 }
-                assert_eq!(decode_with(KeyMaterial::Key(key()), &a, piece).unwrap(), data, "level {level} enc {enc} len {len}");
+                assert_eq!(
+                    decode_with(KeyMaterial::Key(key()), &a, piece).unwrap(),
+                    data,
+                    "level {level} enc {enc} len {len}"
+                );
             }
         }
     }
@@ -53,9 +65,16 @@ fn every_flipped_byte_is_detected() {
             let mut bad = a.clone();
             bad[pos] ^= 0x01;
             let err = decode(&bad);
-            assert!(err.is_err(), "flip at {pos} of {} not detected (level {level}, enc {enc})", a.len());
+            assert!(
+                err.is_err(),
+                "flip at {pos} of {} not detected (level {level}, enc {enc})",
+                a.len()
+            );
             let c = err.unwrap_err().code();
-            assert!(c != ErrorCode::WrongKey, "a flip at {pos} must not read as a wrong key");
+            assert!(
+                c != ErrorCode::WrongKey,
+                "a flip at {pos} must not read as a wrong key"
+            );
         }
     }
 }
@@ -80,7 +99,10 @@ fn swapped_chunks_are_reported_as_out_of_order() {
         f.swap(1, 2);
         let err = decode(&f.concat()).unwrap_err();
         assert_eq!(err.code(), ErrorCode::OutOfOrder, "{err}");
-        assert!(err.to_string().contains("found chunk 1 at position 0"), "{err}");
+        assert!(
+            err.to_string().contains("found chunk 1 at position 0"),
+            "{err}"
+        );
     }
 }
 
@@ -124,11 +146,18 @@ fn truncation_anywhere_is_reported_as_truncation() {
         for fr in &f[..f.len() - 1] {
             boundary += fr.len();
             let err = decode(&a[..boundary]).unwrap_err();
-            assert_eq!(err.code(), ErrorCode::Truncated, "cut at frame boundary {boundary}: {err}");
+            assert_eq!(
+                err.code(),
+                ErrorCode::Truncated,
+                "cut at frame boundary {boundary}: {err}"
+            );
         }
         for cut in [1, 5, 20, a.len() / 2, a.len() - 1] {
             let c = code(&a[..cut]);
-            assert!(matches!(c, ErrorCode::Truncated | ErrorCode::CorruptTrailer), "cut at {cut}: {c:?}");
+            assert!(
+                matches!(c, ErrorCode::Truncated | ErrorCode::CorruptTrailer),
+                "cut at {cut}: {c:?}"
+            );
         }
         // A whole chunk dropped from the middle: the next one is out of order.
         let mut g = f.clone();
@@ -152,9 +181,14 @@ fn wrong_or_missing_key_is_not_damage() {
     let err = decode_with(KeyMaterial::Key(MasterKey([8u8; 32])), &a, 4096).unwrap_err();
     assert_eq!(err.code(), ErrorCode::WrongKey);
     assert!(err.to_string().starts_with("wrong key"), "{err}");
-    assert_eq!(decode_with(KeyMaterial::None, &a, 4096).unwrap_err().code(), ErrorCode::KeyRequired);
     assert_eq!(
-        decode_with(KeyMaterial::Passphrase("pw".into()), &a, 4096).unwrap_err().code(),
+        decode_with(KeyMaterial::None, &a, 4096).unwrap_err().code(),
+        ErrorCode::KeyRequired
+    );
+    assert_eq!(
+        decode_with(KeyMaterial::Passphrase("pw".into()), &a, 4096)
+            .unwrap_err()
+            .code(),
         ErrorCode::InvalidKey
     );
     // An unencrypted archive opens with or without a key.
@@ -164,13 +198,25 @@ fn wrong_or_missing_key_is_not_damage() {
 
 #[test]
 fn passphrase_archives_round_trip() {
-    let kdf = cairn_core::Kdf::Argon2id { m_cost_kib: 64, t_cost: 1, p_cost: 1, salt: [3; 16] };
+    let kdf = cairn_core::Kdf::Argon2id {
+        m_cost_kib: 64,
+        t_cost: 1,
+        p_cost: 1,
+        salt: [3; 16],
+    };
     let master = cairn_core::key::derive_from_passphrase("correct horse", &kdf).unwrap();
     let mut p = params(6, true);
-    p.encryption = Some(cairn_core::encoder::EncryptionParams { master, kdf, salt: [9; 32] });
+    p.encryption = Some(cairn_core::encoder::EncryptionParams {
+        master,
+        kdf,
+        salt: [9; 32],
+    });
     let data = sample(20_000);
     let a = encode(p, &data);
-    assert_eq!(decode_with(KeyMaterial::Passphrase("correct horse".into()), &a, 999).unwrap(), data);
+    assert_eq!(
+        decode_with(KeyMaterial::Passphrase("correct horse".into()), &a, 999).unwrap(),
+        data
+    );
     let err = decode_with(KeyMaterial::Passphrase("wrong horse".into()), &a, 999).unwrap_err();
     assert_eq!(err.code(), ErrorCode::WrongKey);
 }
@@ -182,7 +228,9 @@ fn not_archives_are_named() {
     assert!(err.to_string().contains("SQLite database"), "{err}");
     assert_eq!(code(b""), ErrorCode::NotAnArchive);
     // A gzip file that cairn did not write.
-    let gz = [0x1f, 0x8b, 0x08, 0x00, 0, 0, 0, 0, 0, 3, 3, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+    let gz = [
+        0x1f, 0x8b, 0x08, 0x00, 0, 0, 0, 0, 0, 3, 3, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    ];
     let err = decode(&gz).unwrap_err();
     assert!(err.to_string().contains("gunzip"), "{err}");
 }

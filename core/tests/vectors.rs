@@ -32,12 +32,48 @@ struct Case {
 }
 
 const CASES: &[Case] = &[
-    Case { name: "gzip-deflate6", level: 6, key: None, passphrase: None, input_len: 10_000 },
-    Case { name: "gzip-stored", level: 0, key: None, passphrase: None, input_len: 5_000 },
-    Case { name: "gzip-empty", level: 6, key: None, passphrase: None, input_len: 0 },
-    Case { name: "aes-key-deflate6", level: 6, key: Some("42"), passphrase: None, input_len: 10_000 },
-    Case { name: "aes-key-stored", level: 0, key: Some("42"), passphrase: None, input_len: 4_096 },
-    Case { name: "aes-passphrase-deflate1", level: 1, key: None, passphrase: Some("correct horse battery staple"), input_len: 9_000 },
+    Case {
+        name: "gzip-deflate6",
+        level: 6,
+        key: None,
+        passphrase: None,
+        input_len: 10_000,
+    },
+    Case {
+        name: "gzip-stored",
+        level: 0,
+        key: None,
+        passphrase: None,
+        input_len: 5_000,
+    },
+    Case {
+        name: "gzip-empty",
+        level: 6,
+        key: None,
+        passphrase: None,
+        input_len: 0,
+    },
+    Case {
+        name: "aes-key-deflate6",
+        level: 6,
+        key: Some("42"),
+        passphrase: None,
+        input_len: 10_000,
+    },
+    Case {
+        name: "aes-key-stored",
+        level: 0,
+        key: Some("42"),
+        passphrase: None,
+        input_len: 4_096,
+    },
+    Case {
+        name: "aes-passphrase-deflate1",
+        level: 1,
+        key: None,
+        passphrase: Some("correct horse battery staple"),
+        input_len: 9_000,
+    },
 ];
 
 fn build(c: &Case) -> Value {
@@ -46,12 +82,29 @@ fn build(c: &Case) -> Value {
     let (key_json, kdf_json, enc) = if let Some(k) = c.key {
         let key = hex::encode([u8::from_str_radix(k, 16).unwrap(); 32]);
         let master = MasterKey::parse(&key).unwrap();
-        (json!(key), json!({"kind": "raw-key"}), Some(EncryptionParams { master, kdf: Kdf::RawKey, salt }))
+        (
+            json!(key),
+            json!({"kind": "raw-key"}),
+            Some(EncryptionParams {
+                master,
+                kdf: Kdf::RawKey,
+                salt,
+            }),
+        )
     } else if let Some(p) = c.passphrase {
-        let kdf = Kdf::Argon2id { m_cost_kib: 256, t_cost: 2, p_cost: 1, salt: [0x33; 16] };
+        let kdf = Kdf::Argon2id {
+            m_cost_kib: 256,
+            t_cost: 2,
+            p_cost: 1,
+            salt: [0x33; 16],
+        };
         let master = cairn_core::key::derive_from_passphrase(p, &kdf).unwrap();
         let kj = json!({"kind": "argon2id", "m_cost_kib": 256, "t_cost": 2, "p_cost": 1, "salt": hex::encode([0x33u8; 16])});
-        (Value::Null, kj, Some(EncryptionParams { master, kdf, salt }))
+        (
+            Value::Null,
+            kj,
+            Some(EncryptionParams { master, kdf, salt }),
+        )
     } else {
         (Value::Null, Value::Null, None)
     };
@@ -90,7 +143,14 @@ fn params_from(v: &Value) -> (WriterParams, KeyMaterial) {
     let (enc, km) = match (&v["key"], v["passphrase"].as_str()) {
         (Value::String(k), _) => {
             let m = MasterKey::parse(k).unwrap();
-            (Some(EncryptionParams { master: m.clone(), kdf: Kdf::RawKey, salt: salt.unwrap() }), KeyMaterial::Key(m))
+            (
+                Some(EncryptionParams {
+                    master: m.clone(),
+                    kdf: Kdf::RawKey,
+                    salt: salt.unwrap(),
+                }),
+                KeyMaterial::Key(m),
+            )
         }
         (_, Some(p)) => {
             let k = &v["kdf"];
@@ -101,7 +161,14 @@ fn params_from(v: &Value) -> (WriterParams, KeyMaterial) {
                 salt: arr(&k["salt"]),
             };
             let master = cairn_core::key::derive_from_passphrase(p, &kdf).unwrap();
-            (Some(EncryptionParams { master, kdf, salt: salt.unwrap() }), KeyMaterial::Passphrase(p.into()))
+            (
+                Some(EncryptionParams {
+                    master,
+                    kdf,
+                    salt: salt.unwrap(),
+                }),
+                KeyMaterial::Passphrase(p.into()),
+            )
         }
         _ => (None, KeyMaterial::None),
     };
@@ -112,7 +179,8 @@ fn params_from(v: &Value) -> (WriterParams, KeyMaterial) {
         created_at_ms: v["created_at_ms"].as_i64().unwrap(),
         page_size: v["page_size"].as_u64().unwrap() as u32,
         chunk_size: v["chunk_size"].as_u64().unwrap() as u32,
-        compression: Compression::from_level(v["compression_level"].as_u64().unwrap() as u8).unwrap(),
+        compression: Compression::from_level(v["compression_level"].as_u64().unwrap() as u8)
+            .unwrap(),
         encryption: enc,
     };
     (p, km)
@@ -129,13 +197,25 @@ fn vectors_decode_and_reencode_bit_for_bit() {
     let mut seen = 0;
     for c in CASES {
         let path = dir().join(format!("{}.json", c.name));
-        let v: Value = serde_json::from_slice(&std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display())))
-            .unwrap();
+        let v: Value = serde_json::from_slice(
+            &std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display())),
+        )
+        .unwrap();
         let input = unhex(&v["input"]);
         let archive = unhex(&v["archive"]);
         let (params, key) = params_from(&v);
-        assert_eq!(common::decode_with(key, &archive, 777).unwrap(), input, "{}: decode", c.name);
-        assert_eq!(common::encode(params, &input), archive, "{}: re-encode", c.name);
+        assert_eq!(
+            common::decode_with(key, &archive, 777).unwrap(),
+            input,
+            "{}: decode",
+            c.name
+        );
+        assert_eq!(
+            common::encode(params, &input),
+            archive,
+            "{}: re-encode",
+            c.name
+        );
         seen += 1;
     }
     assert_eq!(seen, CASES.len());
@@ -144,7 +224,8 @@ fn vectors_decode_and_reencode_bit_for_bit() {
 #[test]
 fn unencrypted_vectors_are_plain_gzip() {
     // Any RFC 1952 reader gets the input back: here, miniz's inflate, member by member.
-    let v: Value = serde_json::from_slice(&std::fs::read(dir().join("gzip-deflate6.json")).unwrap()).unwrap();
+    let v: Value =
+        serde_json::from_slice(&std::fs::read(dir().join("gzip-deflate6.json")).unwrap()).unwrap();
     let (archive, input) = (unhex(&v["archive"]), unhex(&v["input"]));
     let mut out = Vec::new();
     let mut rest = &archive[..];

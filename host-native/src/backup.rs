@@ -39,7 +39,9 @@ impl Seeds {
     pub fn fresh() -> Result<Self> {
         let mut r = [0u8; 68];
         getrandom::fill(&mut r).map_err(|e| anyhow!("the OS random generator failed: {e}"))?;
-        let now = SystemTime::now().duration_since(UNIX_EPOCH).map_err(|_| anyhow!("the clock is before 1970"))?;
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_err(|_| anyhow!("the clock is before 1970"))?;
         Ok(Seeds {
             created_at_ms: now.as_millis() as i64,
             archive_id: r[..16].try_into()?,
@@ -69,7 +71,11 @@ pub struct BackupReport {
 pub fn encryption_params(key: &KeyMaterial, seeds: &Seeds) -> Result<Option<EncryptionParams>> {
     Ok(match key {
         KeyMaterial::None => None,
-        KeyMaterial::Key(k) => Some(EncryptionParams { master: k.clone(), kdf: Kdf::RawKey, salt: seeds.salt }),
+        KeyMaterial::Key(k) => Some(EncryptionParams {
+            master: k.clone(),
+            kdf: Kdf::RawKey,
+            salt: seeds.salt,
+        }),
         KeyMaterial::Passphrase(p) => {
             let kdf = Kdf::Argon2id {
                 m_cost_kib: cairn_core::key::ARGON2_M_COST_KIB,
@@ -78,7 +84,11 @@ pub fn encryption_params(key: &KeyMaterial, seeds: &Seeds) -> Result<Option<Encr
                 salt: seeds.argon_salt,
             };
             let master = cairn_core::key::derive_from_passphrase(p, &kdf)?;
-            Some(EncryptionParams { master, kdf, salt: seeds.salt })
+            Some(EncryptionParams {
+                master,
+                kdf,
+                salt: seeds.salt,
+            })
         }
     })
 }
@@ -87,14 +97,22 @@ pub fn run(storage: &dyn Storage, opts: &BackupOptions) -> Result<BackupReport> 
     run_seeded(storage, opts, Seeds::fresh()?)
 }
 
-pub fn run_seeded(storage: &dyn Storage, opts: &BackupOptions, seeds: Seeds) -> Result<BackupReport> {
+pub fn run_seeded(
+    storage: &dyn Storage,
+    opts: &BackupOptions,
+    seeds: Seeds,
+) -> Result<BackupReport> {
     let started = Instant::now();
     snapshot::check_is_sqlite(&opts.db)?;
     let _lock = storage.lock().map_err(|e| dest_error(storage, e))?;
     let mut catalog = catalog_store::load(storage)?.unwrap_or_default();
 
     let snap = snapshot::take(&opts.db, &opts.temp_dir)?;
-    let db_name = opts.db.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let db_name = opts
+        .db
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let params = WriterParams {
         archive_id: seeds.archive_id,
         source: SourceKind::Sqlite,
@@ -108,13 +126,18 @@ pub fn run_seeded(storage: &dyn Storage, opts: &BackupOptions, seeds: Seeds) -> 
     let id = catalog::snapshot_id(seeds.created_at_ms, seeds.id_suffix);
     let object = catalog::snapshot_object_key(&id, params.encryption.is_some());
     if catalog.find(&id).is_some() || catalog.find_object(&object).is_some() {
-        bail!("backup id {id} is already in {}; run the backup again", storage.describe(""));
+        bail!(
+            "backup id {id} is already in {}; run the backup again",
+            storage.describe("")
+        );
     }
     let workers = pipeline::workers();
     let encoders = engine::encoders(opts.engine, &params, workers + 1)?;
 
     let progress = Progress::bytes(opts.progress, snap.size, "backup");
-    let writer = storage.create(&object).map_err(|e| dest_error(storage, e))?;
+    let writer = storage
+        .create(&object)
+        .map_err(|e| dest_error(storage, e))?;
     let input = std::fs::File::open(snap.file.path()).context("cannot reopen the snapshot")?;
     let mut writer = writer;
     let encoded = pipeline::encode(
@@ -127,7 +150,9 @@ pub fn run_seeded(storage: &dyn Storage, opts: &BackupOptions, seeds: Seeds) -> 
         &progress,
     )
     .map_err(|e| write_error(storage, &object, e))?;
-    writer.commit().map_err(|e| write_error(storage, &object, e.into()))?;
+    writer
+        .commit()
+        .map_err(|e| write_error(storage, &object, e.into()))?;
     progress.finish();
     drop(snap);
 
@@ -161,8 +186,13 @@ pub fn run_seeded(storage: &dyn Storage, opts: &BackupOptions, seeds: Seeds) -> 
 fn is_space_error(e: &anyhow::Error) -> bool {
     e.chain().any(|c| {
         c.downcast_ref::<std::io::Error>().is_some_and(|io| {
-            matches!(io.kind(), std::io::ErrorKind::StorageFull | std::io::ErrorKind::FileTooLarge)
-                || matches!(io.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EFBIG) | Some(libc::EDQUOT))
+            matches!(
+                io.kind(),
+                std::io::ErrorKind::StorageFull | std::io::ErrorKind::FileTooLarge
+            ) || matches!(
+                io.raw_os_error(),
+                Some(libc::ENOSPC) | Some(libc::EFBIG) | Some(libc::EDQUOT)
+            )
         })
     })
 }
@@ -170,7 +200,9 @@ fn is_space_error(e: &anyhow::Error) -> bool {
 fn write_error(storage: &dyn Storage, object: &str, e: anyhow::Error) -> anyhow::Error {
     let path = storage.describe(object);
     if is_space_error(&e) {
-        anyhow!("cannot write {path}: no space left ({e:#}); nothing was kept: free space or choose another destination")
+        anyhow!(
+            "cannot write {path}: no space left ({e:#}); nothing was kept: free space or choose another destination"
+        )
     } else {
         anyhow!("cannot write {path}: {e:#}; nothing was kept")
     }
@@ -180,9 +212,13 @@ fn dest_error(storage: &dyn Storage, e: std::io::Error) -> anyhow::Error {
     let root = storage.describe("");
     match e.kind() {
         std::io::ErrorKind::PermissionDenied | std::io::ErrorKind::ReadOnlyFilesystem => {
-            anyhow!("backup destination {root} is not writable ({e}): fix its permissions or choose another destination")
+            anyhow!(
+                "backup destination {root} is not writable ({e}): fix its permissions or choose another destination"
+            )
         }
-        _ => anyhow!("cannot use backup destination {root}: {e}; check the path or choose another destination"),
+        _ => anyhow!(
+            "cannot use backup destination {root}: {e}; check the path or choose another destination"
+        ),
     }
 }
 

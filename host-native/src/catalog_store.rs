@@ -10,7 +10,10 @@ use crate::storage::Storage;
 /// The catalog, or `None` if the destination has none yet.
 pub fn load(storage: &dyn Storage) -> Result<Option<Catalog>> {
     let path = storage.describe(CATALOG_KEY);
-    let Some(bytes) = storage.get_small(CATALOG_KEY).with_context(|| format!("cannot read catalog {path}"))? else {
+    let Some(bytes) = storage
+        .get_small(CATALOG_KEY)
+        .with_context(|| format!("cannot read catalog {path}"))?
+    else {
         return Ok(None);
     };
     Catalog::parse(&bytes).map(Some).map_err(|e| {
@@ -25,7 +28,10 @@ pub fn load(storage: &dyn Storage) -> Result<Option<Catalog>> {
 pub fn require(storage: &dyn Storage) -> Result<Catalog> {
     match load(storage)? {
         Some(c) if !c.entries.is_empty() => Ok(c),
-        Some(_) => bail!("no backups in {}: its catalog is empty (run `cairn backup` first)", storage.describe("")),
+        Some(_) => bail!(
+            "no backups in {}: its catalog is empty (run `cairn backup` first)",
+            storage.describe("")
+        ),
         None => bail!(
             "no catalog at {}: this is not a cairn backup destination, or it holds no backups yet (check the path, or run `cairn backup` first)",
             storage.describe(CATALOG_KEY)
@@ -47,7 +53,11 @@ pub fn save(storage: &dyn Storage, catalog: &Catalog, latest: &Entry) -> Result<
 pub fn resolve(storage: &dyn Storage, catalog: &Catalog, id: Option<&str>) -> Result<Entry> {
     if let Some(id) = id {
         return catalog.find(id).cloned().ok_or_else(|| {
-            anyhow!("no backup with id {id} in {} (see `cairn list {}`)", storage.describe(""), storage.describe(""))
+            anyhow!(
+                "no backup with id {id} in {} (see `cairn list {}`)",
+                storage.describe(""),
+                storage.describe("")
+            )
         });
     }
     let latest = storage
@@ -55,8 +65,12 @@ pub fn resolve(storage: &dyn Storage, catalog: &Catalog, id: Option<&str>) -> Re
         .with_context(|| format!("cannot read {}", storage.describe(LATEST_KEY)))?;
     match latest {
         Some(bytes) => {
-            let key = catalog::parse_latest_pointer(&bytes)
-                .map_err(|e| anyhow!("{} is damaged ({e}); pass --id to pick a backup", storage.describe(LATEST_KEY)))?;
+            let key = catalog::parse_latest_pointer(&bytes).map_err(|e| {
+                anyhow!(
+                    "{} is damaged ({e}); pass --id to pick a backup",
+                    storage.describe(LATEST_KEY)
+                )
+            })?;
             catalog.find_object(&key).cloned().ok_or_else(|| {
                 anyhow!(
                     "{} names {key}, which the catalog does not list; pass --id to pick a backup (see `cairn list`)",
@@ -66,8 +80,14 @@ pub fn resolve(storage: &dyn Storage, catalog: &Catalog, id: Option<&str>) -> Re
         }
         None => {
             // latest.txt is written last: without it the newest catalog entry is still complete.
-            let newest = catalog.newest().cloned().ok_or_else(|| anyhow!("no backups in {}", storage.describe("")))?;
-            eprintln!("warning: {} is missing; using the newest backup in the catalog", storage.describe(LATEST_KEY));
+            let newest = catalog
+                .newest()
+                .cloned()
+                .ok_or_else(|| anyhow!("no backups in {}", storage.describe("")))?;
+            eprintln!(
+                "warning: {} is missing; using the newest backup in the catalog",
+                storage.describe(LATEST_KEY)
+            );
             Ok(newest)
         }
     }

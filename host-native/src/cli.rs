@@ -162,7 +162,10 @@ pub struct SandboxArgs {
 
 impl SandboxArgs {
     fn limits(&self) -> Limits {
-        Limits { memory: self.sandbox_memory as usize, call_timeout: Duration::from_secs(self.sandbox_timeout.max(1)) }
+        Limits {
+            memory: self.sandbox_memory as usize,
+            call_timeout: Duration::from_secs(self.sandbox_timeout.max(1)),
+        }
     }
 }
 
@@ -187,7 +190,9 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
     let t = s.trim();
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
-    let n: u64 = num.parse().map_err(|_| format!("{s:?} is not a size like 512K, 1M or 2G"))?;
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size like 512K, 1M or 2G"))?;
     let mult = match unit.trim().to_ascii_uppercase().as_str() {
         "" | "B" => 1,
         "K" | "KB" | "KIB" => 1 << 10,
@@ -195,7 +200,8 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         "G" | "GB" | "GIB" => 1 << 30,
         _ => return Err(format!("{s:?} has an unknown unit; use K, M or G")),
     };
-    n.checked_mul(mult).ok_or_else(|| format!("{s:?} is too large"))
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("{s:?} is too large"))
 }
 
 fn temp_dir(d: &Option<PathBuf>) -> PathBuf {
@@ -226,12 +232,19 @@ pub fn run(cli: Cli) -> Result<()> {
 
 fn cmd_backup(a: BackupArgs) -> Result<()> {
     if a.encrypt && !a.key.is_given() {
-        bail!("--encrypt needs a key: pass --key-file, --key-env, --passphrase-file or --passphrase-env (make a key with `cairn keygen`)");
+        bail!(
+            "--encrypt needs a key: pass --key-file, --key-env, --passphrase-file or --passphrase-env (make a key with `cairn keygen`)"
+        );
     }
     let chunk_size = u32::try_from(a.chunk_size)
         .ok()
         .filter(|c| (cairn_core::MIN_CHUNK_SIZE..=cairn_core::MAX_CHUNK_SIZE).contains(c))
-        .ok_or_else(|| anyhow!("--chunk-size {} is out of range: use 4K to 16M", a.chunk_size))?;
+        .ok_or_else(|| {
+            anyhow!(
+                "--chunk-size {} is out of range: use 4K to 16M",
+                a.chunk_size
+            )
+        })?;
     let opts = backup::BackupOptions {
         db: a.db,
         key: a.key.load()?,
@@ -254,7 +267,11 @@ fn cmd_backup(a: BackupArgs) -> Result<()> {
             r.location,
             mib(r.stored_size),
             100.0 * r.stored_size as f64 / r.plain_size.max(1) as f64,
-            if r.encryption == "none" { "not encrypted".to_string() } else { r.encryption.clone() },
+            if r.encryption == "none" {
+                "not encrypted".to_string()
+            } else {
+                r.encryption.clone()
+            },
             r.seconds
         );
     }
@@ -295,19 +312,32 @@ fn cmd_restore(a: RestoreArgs) -> Result<()> {
 fn cmd_list(a: ListArgs) -> Result<()> {
     let storage = LocalDir::new(&a.dest);
     let catalog = catalog_store::require(&storage)?;
-    let latest = catalog_store::resolve(&storage, &catalog, None).ok().map(|e| e.id);
+    let latest = catalog_store::resolve(&storage, &catalog, None)
+        .ok()
+        .map(|e| e.id);
     if a.json {
         #[derive(serde::Serialize)]
         struct Listing<'a> {
             latest: Option<String>,
             backups: &'a [cairn_core::catalog::Entry],
         }
-        return print_json(&Listing { latest, backups: &catalog.entries });
+        return print_json(&Listing {
+            latest,
+            backups: &catalog.entries,
+        });
     }
     let mut out = std::io::stdout().lock();
-    writeln!(out, "{:<26} {:<24} {:>11} {:>11} {:<10} {:<24} {}", "ID", "CREATED", "DB SIZE", "STORED", "COMPRESS", "ENCRYPTION", "DATABASE")?;
+    writeln!(
+        out,
+        "{:<26} {:<24} {:>11} {:>11} {:<10} {:<24} DATABASE",
+        "ID", "CREATED", "DB SIZE", "STORED", "COMPRESS", "ENCRYPTION"
+    )?;
     for e in &catalog.entries {
-        let mark = if latest.as_deref() == Some(e.id.as_str()) { " (latest)" } else { "" };
+        let mark = if latest.as_deref() == Some(e.id.as_str()) {
+            " (latest)"
+        } else {
+            ""
+        };
         writeln!(
             out,
             "{:<26} {:<24} {:>11} {:>11} {:<10} {:<24} {}{mark}",
@@ -339,13 +369,22 @@ fn cmd_verify(a: VerifyArgs) -> Result<()> {
     } else {
         for r in &results {
             match &r.error {
-                None => println!("ok      {}  {}  decoded in the sandbox, checksums and integrity_check ok ({:.2}s)", r.id, mib(r.size), r.seconds),
+                None => println!(
+                    "ok      {}  {}  decoded in the sandbox, checksums and integrity_check ok ({:.2}s)",
+                    r.id,
+                    mib(r.size),
+                    r.seconds
+                ),
                 Some(e) => println!("FAILED  {}  {e}", r.id),
             }
         }
     }
     if let Some(first) = results.iter().find(|r| !r.ok) {
-        let more = if failed > 1 { format!(" (and {} more)", failed - 1) } else { String::new() };
+        let more = if failed > 1 {
+            format!(" (and {} more)", failed - 1)
+        } else {
+            String::new()
+        };
         bail!(
             "{failed} of {} backups failed verification: {}: {}{more}",
             results.len(),
@@ -369,10 +408,18 @@ fn cmd_keygen(a: KeygenArgs) -> Result<()> {
                 .create_new(true)
                 .mode(0o600)
                 .open(&p)
-                .with_context(|| format!("cannot create key file {} (it must not exist yet)", p.display()))?;
+                .with_context(|| {
+                    format!(
+                        "cannot create key file {} (it must not exist yet)",
+                        p.display()
+                    )
+                })?;
             f.write_all(text.as_bytes())?;
             f.sync_all()?;
-            eprintln!("wrote a new key to {}; keep a copy somewhere safe: without it the backups cannot be restored", p.display());
+            eprintln!(
+                "wrote a new key to {}; keep a copy somewhere safe: without it the backups cannot be restored",
+                p.display()
+            );
         }
     }
     Ok(())

@@ -6,7 +6,9 @@
 pub fn component_source_hash(workspace: &std::path::Path) -> String {
     use sha2::{Digest, Sha256};
     fn walk(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
-        let Ok(rd) = std::fs::read_dir(dir) else { return };
+        let Ok(rd) = std::fs::read_dir(dir) else {
+            return;
+        };
         for e in rd.flatten() {
             let p = e.path();
             if p.is_dir() {
@@ -24,7 +26,11 @@ pub fn component_source_hash(workspace: &std::path::Path) -> String {
     files.sort();
     let mut h = Sha256::new();
     for f in files {
-        let rel = f.strip_prefix(workspace).unwrap_or(&f).to_string_lossy().replace('\\', "/");
+        let rel = f
+            .strip_prefix(workspace)
+            .unwrap_or(&f)
+            .to_string_lossy()
+            .replace('\\', "/");
         h.update(rel.as_bytes());
         h.update([0]);
         h.update(std::fs::read(&f).unwrap_or_default());

@@ -67,7 +67,11 @@ pub fn check_against_catalog(d: &Decoded, e: &Entry, object: &str) -> Result<()>
         Some("archive id")
     } else if d.stored_len != e.stored_size || hex::encode(d.stored_sha256) != e.stored_sha256 {
         Some("stored size or SHA-256")
-    } else if d.plain_len != e.plain_size || e.plain_sha256.as_ref().is_some_and(|h| *h != hex::encode(d.plain_sha256)) {
+    } else if d.plain_len != e.plain_size
+        || e.plain_sha256
+            .as_ref()
+            .is_some_and(|h| *h != hex::encode(d.plain_sha256))
+    {
         Some("database size or SHA-256")
     } else {
         None

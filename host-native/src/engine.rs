@@ -57,11 +57,17 @@ impl ChunkEncoder for WasmEncoder {
 }
 
 /// `count` encoders for the same archive.
-pub fn encoders(engine: EngineKind, params: &WriterParams, count: usize) -> Result<Vec<Box<dyn ChunkEncoder>>> {
+pub fn encoders(
+    engine: EngineKind,
+    params: &WriterParams,
+    count: usize,
+) -> Result<Vec<Box<dyn ChunkEncoder>>> {
     match engine {
         EngineKind::Native => {
             let w = Arc::new(ArchiveWriter::new(params.clone())?);
-            Ok((0..count).map(|_| Box::new(NativeEncoder(w.clone())) as Box<dyn ChunkEncoder>).collect())
+            Ok((0..count)
+                .map(|_| Box::new(NativeEncoder(w.clone())) as Box<dyn ChunkEncoder>)
+                .collect())
         }
         EngineKind::Wasm => {
             let rt = Runtime::get()?;
@@ -69,7 +75,10 @@ pub fn encoders(engine: EngineKind, params: &WriterParams, count: usize) -> Resu
             (0..count)
                 .map(|_| {
                     // Our own plaintext: generous limits, this is not the sandbox for untrusted input.
-                    let mut guest = rt.instance(Limits { memory: 1 << 30, ..Limits::default() })?;
+                    let mut guest = rt.instance(Limits {
+                        memory: 1 << 30,
+                        ..Limits::default()
+                    })?;
                     let resource = guest.encoder_create(&wp)??;
                     Ok(Box::new(WasmEncoder { guest, resource }) as Box<dyn ChunkEncoder>)
                 })
@@ -79,16 +88,27 @@ pub fn encoders(engine: EngineKind, params: &WriterParams, count: usize) -> Resu
 }
 
 fn wit_params(p: &WriterParams) -> wit::WriterParams {
-    let encryption = p.encryption.as_ref().map(|e: &EncryptionParams| wit::EncryptionParams {
-        master_key: e.master.0.to_vec(),
-        kdf: match e.kdf {
-            Kdf::RawKey => wit::Kdf::RawKey,
-            Kdf::Argon2id { m_cost_kib, t_cost, p_cost, salt } => {
-                wit::Kdf::Argon2id(wit::Argon2Params { m_cost_kib, t_cost, p_cost, salt: salt.to_vec() })
-            }
-        },
-        salt: e.salt.to_vec(),
-    });
+    let encryption = p
+        .encryption
+        .as_ref()
+        .map(|e: &EncryptionParams| wit::EncryptionParams {
+            master_key: e.master.0.to_vec(),
+            kdf: match e.kdf {
+                Kdf::RawKey => wit::Kdf::RawKey,
+                Kdf::Argon2id {
+                    m_cost_kib,
+                    t_cost,
+                    p_cost,
+                    salt,
+                } => wit::Kdf::Argon2id(wit::Argon2Params {
+                    m_cost_kib,
+                    t_cost,
+                    p_cost,
+                    salt: salt.to_vec(),
+                }),
+            },
+            salt: e.salt.to_vec(),
+        });
     wit::WriterParams {
         archive_id: p.archive_id.to_vec(),
         source: match p.source {
@@ -137,5 +157,6 @@ impl SandboxDecoder {
 }
 
 pub fn sha256_array(v: &[u8]) -> Result<[u8; 32]> {
-    v.try_into().map_err(|_| anyhow!("the sandbox returned a malformed digest"))
+    v.try_into()
+        .map_err(|_| anyhow!("the sandbox returned a malformed digest"))
 }

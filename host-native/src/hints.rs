@@ -8,13 +8,18 @@ pub fn archive_error(e: anyhow::Error, object: &str, dest: &str) -> anyhow::Erro
         return e.context(format!("cannot read backup {object}"));
     };
     let hint = match code {
-        ErrorCode::WrongKey => "give the key this backup was made with (--key-file or --key-env)".to_string(),
+        ErrorCode::WrongKey => {
+            "give the key this backup was made with (--key-file or --key-env)".to_string()
+        }
         ErrorCode::KeyRequired => {
-            "pass its key with --key-file or --key-env (or --passphrase-file / --passphrase-env)".to_string()
+            "pass its key with --key-file or --key-env (or --passphrase-file / --passphrase-env)"
+                .to_string()
         }
         ErrorCode::InvalidKey => "check the key option".to_string(),
         c if c.is_damage() => {
-            format!("the backup is damaged or was tampered with; use another one with --id (see `cairn list {dest}`)")
+            format!(
+                "the backup is damaged or was tampered with; use another one with --id (see `cairn list {dest}`)"
+            )
         }
         _ => "check that this is a cairn backup".to_string(),
     };

@@ -24,19 +24,24 @@ pub struct KeyArgs {
 
 impl KeyArgs {
     pub fn is_given(&self) -> bool {
-        self.key_file.is_some() || self.key_env.is_some() || self.passphrase_file.is_some() || self.passphrase_env.is_some()
+        self.key_file.is_some()
+            || self.key_env.is_some()
+            || self.passphrase_file.is_some()
+            || self.passphrase_env.is_some()
     }
 
     pub fn load(&self) -> Result<KeyMaterial> {
         if let Some(p) = &self.key_file {
             let text = std::fs::read_to_string(p)
                 .with_context(|| format!("cannot read key file {}", p.display()))?;
-            let key = MasterKey::parse(&text).with_context(|| format!("key file {}", p.display()))?;
+            let key =
+                MasterKey::parse(&text).with_context(|| format!("key file {}", p.display()))?;
             return Ok(KeyMaterial::Key(key));
         }
         if let Some(name) = &self.key_env {
             let text = env(name, "--key-env")?;
-            let key = MasterKey::parse(&text).with_context(|| format!("environment variable {name}"))?;
+            let key =
+                MasterKey::parse(&text).with_context(|| format!("environment variable {name}"))?;
             return Ok(KeyMaterial::Key(key));
         }
         if let Some(p) = &self.passphrase_file {
@@ -60,5 +65,6 @@ impl KeyArgs {
 }
 
 fn env(name: &str, flag: &str) -> Result<String> {
-    std::env::var(name).map_err(|_| anyhow::anyhow!("environment variable {name} (named by {flag}) is not set"))
+    std::env::var(name)
+        .map_err(|_| anyhow::anyhow!("environment variable {name} (named by {flag}) is not set"))
 }

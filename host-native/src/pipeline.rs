@@ -17,7 +17,9 @@ use crate::engine::ChunkEncoder;
 use crate::progress::Progress;
 
 pub fn workers() -> usize {
-    std::thread::available_parallelism().map_or(2, |n| n.get()).clamp(1, 16)
+    std::thread::available_parallelism()
+        .map_or(2, |n| n.get())
+        .clamp(1, 16)
 }
 
 /// What was written: the trailer (plain length and digest) and the stored bytes.
@@ -36,7 +38,11 @@ pub struct HashingWriter<W> {
 
 impl<W: Write> HashingWriter<W> {
     pub fn new(inner: W) -> Self {
-        HashingWriter { inner, len: 0, hasher: Sha256::new() }
+        HashingWriter {
+            inner,
+            len: 0,
+            hasher: Sha256::new(),
+        }
     }
     pub fn finish(self) -> (W, u64, [u8; 32]) {
         (self.inner, self.len, self.hasher.finalize().into())
@@ -103,7 +109,8 @@ pub fn encode(
             let mut tally = Tally::default();
             loop {
                 let mut buf = vec![0u8; chunk_size];
-                let got = read_full(&mut input, &mut buf).with_context(|| format!("reading {input_name}"))?;
+                let got = read_full(&mut input, &mut buf)
+                    .with_context(|| format!("reading {input_name}"))?;
                 if got == 0 {
                     return Ok(tally);
                 }
@@ -147,7 +154,9 @@ pub fn encode(
                 break;
             }
         }
-        let tally = reader.join().map_err(|_| anyhow!("reader thread panicked"))??;
+        let tally = reader
+            .join()
+            .map_err(|_| anyhow!("reader thread panicked"))??;
         written?;
         Ok(tally)
     })?;
@@ -155,7 +164,11 @@ pub fn encode(
     out.write_all(&head.finale(&trailer)?)?;
     out.flush()?;
     let (_, stored_len, stored_sha256) = out.finish();
-    Ok(Encoded { trailer, stored_len, stored_sha256 })
+    Ok(Encoded {
+        trailer,
+        stored_len,
+        stored_sha256,
+    })
 }
 
 /// What decoding established.
@@ -176,7 +189,12 @@ enum Item {
 pub const READ_PIECE: usize = 256 << 10;
 
 /// Native parallel decode of an archive from `input` into `out`.
-pub fn decode_native(mut input: impl Read + Send, key: &KeyMaterial, out: impl Write, progress: &Progress) -> Result<Decoded> {
+pub fn decode_native(
+    mut input: impl Read + Send,
+    key: &KeyMaterial,
+    out: impl Write,
+    progress: &Progress,
+) -> Result<Decoded> {
     let mut parser = FrameParser::new();
     let mut stored = Sha256::new();
     let mut stored_len = 0u64;
@@ -213,7 +231,9 @@ pub fn decode_native(mut input: impl Read + Send, key: &KeyMaterial, out: impl W
             let result = (|| -> Result<()> {
                 loop {
                     while let Some(ev) = parser.next_event()? {
-                        let Event::Chunk(c) = ev else { unreachable!("one header") };
+                        let Event::Chunk(c) = ev else {
+                            unreachable!("one header")
+                        };
                         pos = c.index;
                         if c.last {
                             let t = r2.open_trailer(&c)?;
@@ -228,7 +248,10 @@ pub fn decode_native(mut input: impl Read + Send, key: &KeyMaterial, out: impl W
                                 parser.push(&buf[..got]);
                             }
                             parser.finish()?;
-                            let _ = rtx.send((c.index, Item::End(t, stored_len, stored.clone().finalize().into())));
+                            let _ = rtx.send((
+                                c.index,
+                                Item::End(t, stored_len, stored.clone().finalize().into()),
+                            ));
                             return Ok(());
                         }
                         if job_tx.send(c).is_err() {
@@ -287,5 +310,11 @@ pub fn decode_native(mut input: impl Read + Send, key: &KeyMaterial, out: impl W
     })?;
     tally.check(&trailer)?;
     out.flush()?;
-    Ok(Decoded { archive_id: meta.archive_id_hex(), plain_len: tally.len(), plain_sha256: tally.sha256(), stored_len, stored_sha256 })
+    Ok(Decoded {
+        archive_id: meta.archive_id_hex(),
+        plain_len: tally.len(),
+        plain_sha256: tally.sha256(),
+        stored_len,
+        stored_sha256,
+    })
 }

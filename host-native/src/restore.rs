@@ -73,8 +73,12 @@ pub fn run(storage: &dyn Storage, opts: &RestoreOptions) -> Result<RestoreReport
     })?;
 
     let dir = parent_dir(out);
-    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create directory {}", dir.display()))?;
-    let name = out.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "restore".into());
+    std::fs::create_dir_all(&dir)
+        .with_context(|| format!("cannot create directory {}", dir.display()))?;
+    let name = out
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "restore".into());
     let tmp = tempfile::Builder::new()
         .prefix(&format!(".{name}."))
         .suffix(".cairn-restore")
@@ -83,20 +87,34 @@ pub fn run(storage: &dyn Storage, opts: &RestoreOptions) -> Result<RestoreReport
 
     let progress = Progress::bytes(opts.progress, entry.plain_size, "restore");
     let writer = BufWriter::with_capacity(1 << 20, tmp.as_file());
-    let decoded = decode(opts.engine, input, &opts.key, writer, &progress, opts.limits)
-        .map_err(|e| archive_error(e, &object, &dest))?;
+    let decoded = decode(
+        opts.engine,
+        input,
+        &opts.key,
+        writer,
+        &progress,
+        opts.limits,
+    )
+    .map_err(|e| archive_error(e, &object, &dest))?;
     progress.finish();
     check_against_catalog(&decoded, &entry, &object)?;
-    tmp.as_file().sync_all().with_context(|| format!("cannot write {}", tmp.path().display()))?;
-    snapshot::integrity_check(tmp.path())
-        .map_err(|e| anyhow!("the database restored from {object} is not sound: {e:#}; nothing was written to {}", out.display()))?;
+    tmp.as_file()
+        .sync_all()
+        .with_context(|| format!("cannot write {}", tmp.path().display()))?;
+    snapshot::integrity_check(tmp.path()).map_err(|e| {
+        anyhow!(
+            "the database restored from {object} is not sound: {e:#}; nothing was written to {}",
+            out.display()
+        )
+    })?;
 
     if opts.force {
         // A stale WAL would be replayed into the new file: remove it first.
         for suffix in ["-wal", "-shm", "-journal"] {
             let side = PathBuf::from(format!("{}{suffix}", out.display()));
             if side.exists() {
-                std::fs::remove_file(&side).with_context(|| format!("cannot remove {}", side.display()))?;
+                std::fs::remove_file(&side)
+                    .with_context(|| format!("cannot remove {}", side.display()))?;
             }
         }
     }
@@ -106,8 +124,15 @@ pub fn run(storage: &dyn Storage, opts: &RestoreOptions) -> Result<RestoreReport
         use std::os::unix::fs::PermissionsExt;
         std::fs::Permissions::from_mode(0o644)
     });
-    std::fs::set_permissions(tmp.path(), mode).with_context(|| format!("cannot set permissions on {}", tmp.path().display()))?;
-    tmp.persist(out).map_err(|e| anyhow!("cannot move the restored database to {}: {}", out.display(), e.error))?;
+    std::fs::set_permissions(tmp.path(), mode)
+        .with_context(|| format!("cannot set permissions on {}", tmp.path().display()))?;
+    tmp.persist(out).map_err(|e| {
+        anyhow!(
+            "cannot move the restored database to {}: {}",
+            out.display(),
+            e.error
+        )
+    })?;
     File::open(&dir).and_then(|d| d.sync_all()).ok();
     Ok(RestoreReport {
         id: Some(entry.id),

@@ -23,7 +23,8 @@ pub use exports::cairn::core::types as wit;
 /// The component, built from core/ by build.rs.
 pub static COMPONENT: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/cairn_core.wasm"));
 /// Digest of the sources it was built from (see `component_hash.rs`).
-pub const COMPONENT_SOURCE_HASH: &str = include_str!(concat!(env!("OUT_DIR"), "/component_hash.txt"));
+pub const COMPONENT_SOURCE_HASH: &str =
+    include_str!(concat!(env!("OUT_DIR"), "/component_hash.txt"));
 
 const EPOCH_TICK: Duration = Duration::from_millis(50);
 
@@ -38,7 +39,10 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits { memory: 256 << 20, call_timeout: Duration::from_secs(60) }
+        Limits {
+            memory: 256 << 20,
+            call_timeout: Duration::from_secs(60),
+        }
     }
 }
 
@@ -50,7 +54,10 @@ pub struct State {
 
 impl WasiView for State {
     fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
     }
 }
 
@@ -60,7 +67,12 @@ struct MemoryCap {
 }
 
 impl ResourceLimiter for MemoryCap {
-    fn memory_growing(&mut self, _current: usize, desired: usize, _max: Option<usize>) -> wasmtime::Result<bool> {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _max: Option<usize>,
+    ) -> wasmtime::Result<bool> {
         if desired > self.max {
             self.hit.store(true, Ordering::SeqCst);
             return Err(wasmtime::Error::msg("memory limit reached"));
@@ -68,7 +80,12 @@ impl ResourceLimiter for MemoryCap {
         Ok(true)
     }
 
-    fn table_growing(&mut self, _current: usize, desired: usize, _max: Option<usize>) -> wasmtime::Result<bool> {
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _max: Option<usize>,
+    ) -> wasmtime::Result<bool> {
         Ok(desired <= 100_000)
     }
 }
@@ -98,7 +115,9 @@ impl Runtime {
         let component = load_component(&engine)?;
         let mut linker = Linker::<State>::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(|e| anyhow!("{e}"))?;
-        let pre = linker.instantiate_pre(&component).map_err(|e| anyhow!("{e}"))?;
+        let pre = linker
+            .instantiate_pre(&component)
+            .map_err(|e| anyhow!("{e}"))?;
         let pre = CairnPre::new(pre).map_err(|e| anyhow!("{e}"))?;
         let ticker = engine.weak();
         std::thread::Builder::new()
@@ -119,12 +138,27 @@ impl Runtime {
         let hit = Arc::new(AtomicBool::new(false));
         // No preopens, no inherited stdio, environment, arguments or network.
         let wasi = WasiCtx::builder().build();
-        let state = State { wasi, table: ResourceTable::new(), limiter: MemoryCap { max: limits.memory, hit: hit.clone() } };
+        let state = State {
+            wasi,
+            table: ResourceTable::new(),
+            limiter: MemoryCap {
+                max: limits.memory,
+                hit: hit.clone(),
+            },
+        };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limiter);
         store.set_epoch_deadline(ticks(limits.call_timeout));
-        let bindings = self.pre.instantiate(&mut store).map_err(|e| classify(e, &hit, limits))?;
-        Ok(Guest { store, bindings, limits, hit })
+        let bindings = self
+            .pre
+            .instantiate(&mut store)
+            .map_err(|e| classify(e, &hit, limits))?;
+        Ok(Guest {
+            store,
+            bindings,
+            limits,
+            hit,
+        })
     }
 }
 
@@ -150,16 +184,17 @@ fn cache_path(engine: &Engine) -> Option<PathBuf> {
 
 fn load_component(engine: &Engine) -> Result<Component> {
     let path = cache_path(engine);
-    if let Some(p) = &path {
-        if p.exists() {
-            // Safety: the file is ours, written below from a compile by this
-            // same wasmtime version; a failed load falls back to compiling.
-            if let Ok(c) = unsafe { Component::deserialize_file(engine, p) } {
-                return Ok(c);
-            }
-        }
+    if let Some(p) = &path
+        && p.exists()
+        // Safety: the file is ours, written below from a compile by this
+        // same wasmtime version; a failed load falls back to compiling.
+        && let Ok(c) = unsafe { Component::deserialize_file(engine, p) }
+    {
+        return Ok(c);
     }
-    let bytes = engine.precompile_component(COMPONENT).map_err(|e| anyhow!("compiling the core component: {e}"))?;
+    let bytes = engine
+        .precompile_component(COMPONENT)
+        .map_err(|e| anyhow!("compiling the core component: {e}"))?;
     if let Some(p) = &path {
         // Best effort: a read-only home only costs a compile next time.
         let _ = std::fs::create_dir_all(p.parent().unwrap()).and_then(|_| {
@@ -169,7 +204,8 @@ fn load_component(engine: &Engine) -> Result<Component> {
         });
     }
     // Safety: bytes were produced just now by this engine.
-    unsafe { Component::deserialize(engine, &bytes) }.map_err(|e| anyhow!("loading the core component: {e}"))
+    unsafe { Component::deserialize(engine, &bytes) }
+        .map_err(|e| anyhow!("loading the core component: {e}"))
 }
 
 /// Turns a trap or host error from a guest call into a message a user can act on.
@@ -186,7 +222,9 @@ fn classify(e: wasmtime::Error, hit: &AtomicBool, limits: Limits) -> anyhow::Err
             "the sandbox stopped a call that ran longer than {} s (raise --sandbox-timeout only if you trust the archive)",
             limits.call_timeout.as_secs()
         ),
-        Some(Trap::UnreachableCodeReached) => anyhow!("the sandboxed decoder crashed (guest panic); the archive is malformed"),
+        Some(Trap::UnreachableCodeReached) => {
+            anyhow!("the sandboxed decoder crashed (guest panic); the archive is malformed")
+        }
         Some(t) => anyhow!("the sandboxed decoder trapped: {t}"),
         None => anyhow!("the sandbox failed: {e}"),
     }
@@ -221,55 +259,98 @@ pub fn core_error(e: wit::Error) -> cairn_core::Error {
         W::InvalidParam => C::InvalidParam,
         W::Catalog => C::Catalog,
     };
-    cairn_core::Error::Remote { code, message: e.message }
+    cairn_core::Error::Remote {
+        code,
+        message: e.message,
+    }
 }
 
 /// Result of a guest call: outer = sandbox failure, inner = core error.
 pub type CallResult<T> = Result<Result<T, cairn_core::Error>>;
 
 impl Guest {
-    fn call<T>(&mut self, f: impl FnOnce(&mut Store<State>, &Cairn) -> wasmtime::Result<Result<T, wit::Error>>) -> CallResult<T> {
-        self.store.set_epoch_deadline(ticks(self.limits.call_timeout));
+    fn call<T>(
+        &mut self,
+        f: impl FnOnce(&mut Store<State>, &Cairn) -> wasmtime::Result<Result<T, wit::Error>>,
+    ) -> CallResult<T> {
+        self.store
+            .set_epoch_deadline(ticks(self.limits.call_timeout));
         match f(&mut self.store, &self.bindings) {
             Ok(r) => Ok(r.map_err(core_error)),
             Err(e) => Err(classify(e, &self.hit, self.limits)),
         }
     }
 
-    pub fn encoder_create(&mut self, p: &wit::WriterParams) -> CallResult<wasmtime::component::ResourceAny> {
+    pub fn encoder_create(
+        &mut self,
+        p: &wit::WriterParams,
+    ) -> CallResult<wasmtime::component::ResourceAny> {
         self.call(|s, b| b.cairn_core_codec().encoder().call_create(s, p))
     }
 
     pub fn encoder_preamble(&mut self, r: wasmtime::component::ResourceAny) -> Result<Vec<u8>> {
-        self.call(|s, b| b.cairn_core_codec().encoder().call_preamble(s, r).map(Ok))?.map_err(Into::into)
+        self.call(|s, b| b.cairn_core_codec().encoder().call_preamble(s, r).map(Ok))?
+            .map_err(Into::into)
     }
 
-    pub fn encoder_chunk(&mut self, r: wasmtime::component::ResourceAny, index: u64, data: &[u8]) -> CallResult<Vec<u8>> {
-        self.call(|s, b| b.cairn_core_codec().encoder().call_encode_chunk(s, r, index, data))
+    pub fn encoder_chunk(
+        &mut self,
+        r: wasmtime::component::ResourceAny,
+        index: u64,
+        data: &[u8],
+    ) -> CallResult<Vec<u8>> {
+        self.call(|s, b| {
+            b.cairn_core_codec()
+                .encoder()
+                .call_encode_chunk(s, r, index, data)
+        })
     }
 
-    pub fn encoder_finale(&mut self, r: wasmtime::component::ResourceAny, t: &cairn_core::chunk::Trailer) -> CallResult<Vec<u8>> {
-        self.call(|s, b| b.cairn_core_codec().encoder().call_finale(s, r, t.data_chunks, t.plain_len, &t.sha256))
+    pub fn encoder_finale(
+        &mut self,
+        r: wasmtime::component::ResourceAny,
+        t: &cairn_core::chunk::Trailer,
+    ) -> CallResult<Vec<u8>> {
+        self.call(|s, b| {
+            b.cairn_core_codec()
+                .encoder()
+                .call_finale(s, r, t.data_chunks, t.plain_len, &t.sha256)
+        })
     }
 
     pub fn decoder_new(&mut self, key: &wit::Key) -> Result<wasmtime::component::ResourceAny> {
-        self.call(|s, b| b.cairn_core_codec().decoder().call_constructor(s, key).map(Ok))?.map_err(Into::into)
+        self.call(|s, b| {
+            b.cairn_core_codec()
+                .decoder()
+                .call_constructor(s, key)
+                .map(Ok)
+        })?
+        .map_err(Into::into)
     }
 
-    pub fn decoder_push(&mut self, r: wasmtime::component::ResourceAny, data: &[u8]) -> CallResult<Vec<u8>> {
+    pub fn decoder_push(
+        &mut self,
+        r: wasmtime::component::ResourceAny,
+        data: &[u8],
+    ) -> CallResult<Vec<u8>> {
         self.call(|s, b| b.cairn_core_codec().decoder().call_push(s, r, data))
     }
 
-    pub fn decoder_finish(&mut self, r: wasmtime::component::ResourceAny) -> CallResult<wit::DecodeSummary> {
+    pub fn decoder_finish(
+        &mut self,
+        r: wasmtime::component::ResourceAny,
+    ) -> CallResult<wit::DecodeSummary> {
         self.call(|s, b| b.cairn_core_codec().decoder().call_finish(s, r))
     }
 
     pub fn sniff(&mut self, prefix: &[u8]) -> Result<wit::Kind> {
-        self.call(|s, b| b.cairn_core_codec().call_sniff(s, prefix).map(Ok))?.map_err(Into::into)
+        self.call(|s, b| b.cairn_core_codec().call_sniff(s, prefix).map(Ok))?
+            .map_err(Into::into)
     }
 
     pub fn manifest(&mut self) -> (&mut Store<State>, &exports::cairn::core::manifest::Guest) {
-        self.store.set_epoch_deadline(ticks(self.limits.call_timeout));
+        self.store
+            .set_epoch_deadline(ticks(self.limits.call_timeout));
         (&mut self.store, self.bindings.cairn_core_manifest())
     }
 }

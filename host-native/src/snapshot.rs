@@ -20,21 +20,36 @@ pub struct Snapshot {
 pub fn check_is_sqlite(db: &Path) -> Result<()> {
     use std::io::Read;
     let meta = std::fs::metadata(db).map_err(|e| match e.kind() {
-        std::io::ErrorKind::NotFound => anyhow!("database {} not found: check the path", db.display()),
+        std::io::ErrorKind::NotFound => {
+            anyhow!("database {} not found: check the path", db.display())
+        }
         _ => anyhow!("cannot read database {}: {e}", db.display()),
     })?;
     if !meta.is_file() {
-        bail!("{} is not a file: give the path of a SQLite database file", db.display());
+        bail!(
+            "{} is not a file: give the path of a SQLite database file",
+            db.display()
+        );
     }
     let mut head = [0u8; 100];
-    let mut f = std::fs::File::open(db).with_context(|| format!("cannot open database {}", db.display()))?;
-    let n = f.read(&mut head).with_context(|| format!("cannot read database {}", db.display()))?;
+    let mut f = std::fs::File::open(db)
+        .with_context(|| format!("cannot open database {}", db.display()))?;
+    let n = f
+        .read(&mut head)
+        .with_context(|| format!("cannot read database {}", db.display()))?;
     if n == 0 {
-        bail!("{} is empty, not a SQLite database: check the path", db.display());
+        bail!(
+            "{} is empty, not a SQLite database: check the path",
+            db.display()
+        );
     }
     let kind = cairn_core::sniff(&head[..n]);
     if kind != cairn_core::Kind::Sqlite {
-        bail!("{} is not a SQLite database (it looks like {}): check the path", db.display(), kind.describe());
+        bail!(
+            "{} is not a SQLite database (it looks like {}): check the path",
+            db.display(),
+            kind.describe()
+        );
     }
     Ok(())
 }
@@ -48,14 +63,22 @@ fn is_disk_full(e: &rusqlite::Error) -> bool {
 /// Copies `db` into a new temporary file in `temp_dir`.
 pub fn take(db: &Path, temp_dir: &Path) -> Result<Snapshot> {
     check_is_sqlite(db)?;
-    let src = Connection::open_with_flags(db, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX)
-        .with_context(|| format!("cannot open database {}", db.display()))?;
+    let src = Connection::open_with_flags(
+        db,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .with_context(|| format!("cannot open database {}", db.display()))?;
     src.busy_timeout(Duration::from_secs(30))?;
     let file = tempfile::Builder::new()
         .prefix(".cairn-snapshot-")
         .suffix(".db")
         .tempfile_in(temp_dir)
-        .with_context(|| format!("cannot create a temporary file in {} (set --temp-dir)", temp_dir.display()))?;
+        .with_context(|| {
+            format!(
+                "cannot create a temporary file in {} (set --temp-dir)",
+                temp_dir.display()
+            )
+        })?;
     let mut dst = Connection::open(file.path())?;
     dst.execute_batch("PRAGMA journal_mode=OFF; PRAGMA synchronous=OFF;")?;
     let failed = |e: rusqlite::Error| {
@@ -80,14 +103,21 @@ pub fn take(db: &Path, temp_dir: &Path) -> Result<Snapshot> {
                 StepResult::Busy | StepResult::Locked if Instant::now() < deadline => {
                     std::thread::sleep(Duration::from_millis(50))
                 }
-                _ => bail!("snapshot of {} failed: the database stayed locked for 5 minutes", db.display()),
+                _ => bail!(
+                    "snapshot of {} failed: the database stayed locked for 5 minutes",
+                    db.display()
+                ),
             }
         }
     }
     let page_size: u32 = dst.query_row("PRAGMA page_size", [], |r| r.get(0))?;
     dst.close().map_err(|(_, e)| failed(e))?;
     let size = file.as_file().metadata()?.len();
-    Ok(Snapshot { file, size, page_size })
+    Ok(Snapshot {
+        file,
+        size,
+        page_size,
+    })
 }
 
 /// Runs `PRAGMA integrity_check` on a database file without modifying it.
@@ -95,10 +125,14 @@ pub fn integrity_check(path: &Path) -> Result<()> {
     let uri = format!("file:{}?immutable=1", uri_escape(&path.to_string_lossy()));
     let conn = Connection::open_with_flags(
         &uri,
-        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_URI | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        OpenFlags::SQLITE_OPEN_READ_ONLY
+            | OpenFlags::SQLITE_OPEN_URI
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )?;
     let mut stmt = conn.prepare("PRAGMA integrity_check(20)")?;
-    let rows: Vec<String> = stmt.query_map([], |r| r.get(0))?.collect::<Result<_, _>>()?;
+    let rows: Vec<String> = stmt
+        .query_map([], |r| r.get(0))?
+        .collect::<Result<_, _>>()?;
     if rows == ["ok"] {
         Ok(())
     } else {
@@ -110,7 +144,9 @@ fn uri_escape(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for b in s.bytes() {
         match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'/' | b'-' | b'_' | b'.' | b'~' => out.push(b as char),
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'/' | b'-' | b'_' | b'.' | b'~' => {
+                out.push(b as char)
+            }
             _ => out.push_str(&format!("%{b:02X}")),
         }
     }

@@ -42,9 +42,16 @@ pub fn run(storage: &dyn Storage, opts: &VerifyOptions) -> Result<Vec<VerifyResu
     let entries = if opts.all {
         catalog.entries.clone()
     } else {
-        vec![catalog_store::resolve(storage, &catalog, opts.id.as_deref())?]
+        vec![catalog_store::resolve(
+            storage,
+            &catalog,
+            opts.id.as_deref(),
+        )?]
     };
-    Ok(entries.iter().map(|e| verify_one(storage, e, opts)).collect())
+    Ok(entries
+        .iter()
+        .map(|e| verify_one(storage, e, opts))
+        .collect())
 }
 
 fn verify_one(storage: &dyn Storage, entry: &Entry, opts: &VerifyOptions) -> VerifyResult {
@@ -62,14 +69,28 @@ fn verify_one(storage: &dyn Storage, entry: &Entry, opts: &VerifyOptions) -> Ver
 
 fn check(storage: &dyn Storage, entry: &Entry, opts: &VerifyOptions) -> Result<()> {
     let object = storage.describe(&entry.object);
-    let input = storage.open(&entry.object).map_err(|e| anyhow::anyhow!("cannot read {object}: {e}"))?;
+    let input = storage
+        .open(&entry.object)
+        .map_err(|e| anyhow::anyhow!("cannot read {object}: {e}"))?;
     let tmp = tempfile::Builder::new()
         .prefix(".cairn-verify-")
         .tempfile_in(&opts.temp_dir)
-        .map_err(|e| anyhow::anyhow!("cannot create a temporary file in {} ({e}); set --temp-dir", opts.temp_dir.display()))?;
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "cannot create a temporary file in {} ({e}); set --temp-dir",
+                opts.temp_dir.display()
+            )
+        })?;
     let progress = Progress::bytes(opts.progress, entry.plain_size, "verify");
-    let decoded = decode(EngineKind::Wasm, input, &opts.key, BufWriter::new(tmp.as_file()), &progress, opts.limits)
-        .map_err(|e| archive_error(e, &object, &storage.describe("")))?;
+    let decoded = decode(
+        EngineKind::Wasm,
+        input,
+        &opts.key,
+        BufWriter::new(tmp.as_file()),
+        &progress,
+        opts.limits,
+    )
+    .map_err(|e| archive_error(e, &object, &storage.describe("")))?;
     progress.finish();
     check_against_catalog(&decoded, entry, &object)?;
     snapshot::integrity_check(tmp.path()).map_err(|e| anyhow::anyhow!("{object}: {e:#}"))

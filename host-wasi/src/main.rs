@@ -15,7 +15,8 @@ fn run() -> Result<String, String> {
     let key = match args.as_slice() {
         [] => KeyMaterial::None,
         [flag, path] if flag == "--key-file" => {
-            let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read key file {path}: {e}"))?;
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| format!("cannot read key file {path}: {e}"))?;
             KeyMaterial::Key(MasterKey::parse(&text).map_err(|e| format!("key file {path}: {e}"))?)
         }
         _ => return Err("usage: cairn-wasi [--key-file PATH] < ARCHIVE > DATABASE".into()),
@@ -24,12 +25,16 @@ fn run() -> Result<String, String> {
     let (mut stdin, mut stdout) = (std::io::stdin().lock(), std::io::stdout().lock());
     let mut buf = vec![0u8; 256 << 10];
     loop {
-        let n = stdin.read(&mut buf).map_err(|e| format!("reading stdin: {e}"))?;
+        let n = stdin
+            .read(&mut buf)
+            .map_err(|e| format!("reading stdin: {e}"))?;
         if n == 0 {
             break;
         }
         let plain = dec.push(&buf[..n]).map_err(|e| e.to_string())?;
-        stdout.write_all(&plain).map_err(|e| format!("writing stdout: {e}"))?;
+        stdout
+            .write_all(&plain)
+            .map_err(|e| format!("writing stdout: {e}"))?;
     }
     let s = dec.finish().map_err(|e| e.to_string())?;
     stdout.flush().map_err(|e| format!("writing stdout: {e}"))?;
@@ -39,7 +44,10 @@ fn run() -> Result<String, String> {
         s.meta.db_name,
         s.chunks,
         s.plain_len,
-        s.plain_sha256.iter().map(|b| format!("{b:02x}")).collect::<String>()
+        s.plain_sha256
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()
     ))
 }
 

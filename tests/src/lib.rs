@@ -13,8 +13,16 @@ pub fn cairn_bin() -> PathBuf {
     }
     // target/<profile>/deps/<test> -> target/<profile>/cairn
     let exe = std::env::current_exe().expect("test executable path");
-    let bin = exe.parent().and_then(Path::parent).expect("target dir").join("cairn");
-    assert!(bin.exists(), "{} is missing: run the tests with `cargo test --workspace`", bin.display());
+    let bin = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target dir")
+        .join("cairn");
+    assert!(
+        bin.exists(),
+        "{} is missing: run the tests with `cargo test --workspace`",
+        bin.display()
+    );
     bin
 }
 
@@ -31,18 +39,32 @@ pub struct Run {
 
 impl Run {
     pub fn ok(self) -> Self {
-        assert_eq!(self.code, 0, "cairn failed:\nstdout: {}\nstderr: {}", self.stdout, self.stderr);
+        assert_eq!(
+            self.code, 0,
+            "cairn failed:\nstdout: {}\nstderr: {}",
+            self.stdout, self.stderr
+        );
         self
     }
 
     /// Asserts a failure with a single-line message containing every `needle`.
     pub fn fails_with(self, needles: &[&str]) -> Self {
-        assert_ne!(self.code, 0, "cairn should have failed:\nstdout: {}\nstderr: {}", self.stdout, self.stderr);
+        assert_ne!(
+            self.code, 0,
+            "cairn should have failed:\nstdout: {}\nstderr: {}",
+            self.stdout, self.stderr
+        );
         let msg = self.stderr.trim_end();
-        assert!(msg.starts_with("error: "), "message should start with `error: `: {msg}");
+        assert!(
+            msg.starts_with("error: "),
+            "message should start with `error: `: {msg}"
+        );
         let error_lines: Vec<_> = msg.lines().filter(|l| !l.starts_with("warning:")).collect();
         assert_eq!(error_lines.len(), 1, "the error should be one line: {msg}");
-        assert!(!msg.contains("panicked") && !msg.contains("backtrace"), "no panics: {msg}");
+        assert!(
+            !msg.contains("panicked") && !msg.contains("backtrace"),
+            "no panics: {msg}"
+        );
         for n in needles {
             assert!(msg.contains(n), "message should contain {n:?}: {msg}");
         }
@@ -68,7 +90,9 @@ impl Default for Scratch {
 
 impl Scratch {
     pub fn new() -> Self {
-        Scratch { dir: tempfile::tempdir().expect("temp dir") }
+        Scratch {
+            dir: tempfile::tempdir().expect("temp dir"),
+        }
     }
 
     pub fn path(&self, rel: &str) -> PathBuf {
@@ -80,7 +104,10 @@ impl Scratch {
         let tmp = self.path(".tmp");
         std::fs::create_dir_all(&tmp).unwrap();
         let mut c = Command::new(cairn_bin());
-        c.args(args).current_dir(self.dir.path()).env("TMPDIR", &tmp).env_remove("CAIRN_KEY");
+        c.args(args)
+            .current_dir(self.dir.path())
+            .env("TMPDIR", &tmp)
+            .env_remove("CAIRN_KEY");
         c
     }
 
@@ -109,13 +136,17 @@ impl Scratch {
 
     /// The catalog as JSON.
     pub fn catalog(&self, dest: &str) -> serde_json::Value {
-        let v: serde_json::Value = serde_json::from_slice(&self.read(&format!("{dest}/catalog.json"))).unwrap();
+        let v: serde_json::Value =
+            serde_json::from_slice(&self.read(&format!("{dest}/catalog.json"))).unwrap();
         v["body"].clone()
     }
 
     /// The object key of the newest backup in `dest`.
     pub fn latest_object(&self, dest: &str) -> String {
-        String::from_utf8(self.read(&format!("{dest}/latest.txt"))).unwrap().trim().to_string()
+        String::from_utf8(self.read(&format!("{dest}/latest.txt")))
+            .unwrap()
+            .trim()
+            .to_string()
     }
 
     /// Files under `dir` (recursively), relative, sorted.
@@ -141,11 +172,23 @@ impl Scratch {
 pub fn insert_rows(c: &Connection, start: u32, rows: u32) {
     let tx = c.unchecked_transaction().unwrap();
     {
-        let mut st = tx.prepare("INSERT INTO items(id, name, price, note) VALUES (?1, ?2, ?3, ?4)").unwrap();
+        let mut st = tx
+            .prepare("INSERT INTO items(id, name, price, note) VALUES (?1, ?2, ?3, ?4)")
+            .unwrap();
         for i in start..start + rows {
-            let name = format!("item-{:06} {}", i.wrapping_mul(2_654_435_761) % 100_000, ["red", "green", "blue"][i as usize % 3]);
+            let name = format!(
+                "item-{:06} {}",
+                i.wrapping_mul(2_654_435_761) % 100_000,
+                ["red", "green", "blue"][i as usize % 3]
+            );
             let note = format!("ordered by customer {} on day {}", i % 977, i % 365);
-            st.execute(rusqlite::params![i, name, (i % 10_000) as f64 / 100.0, note]).unwrap();
+            st.execute(rusqlite::params![
+                i,
+                name,
+                (i % 10_000) as f64 / 100.0,
+                note
+            ])
+            .unwrap();
         }
     }
     tx.commit().unwrap();
@@ -153,12 +196,15 @@ pub fn insert_rows(c: &Connection, start: u32, rows: u32) {
 
 pub fn count_rows(db: &Path) -> i64 {
     let c = Connection::open(db).unwrap();
-    c.query_row("SELECT count(*) FROM items", [], |r| r.get(0)).unwrap()
+    c.query_row("SELECT count(*) FROM items", [], |r| r.get(0))
+        .unwrap()
 }
 
 pub fn integrity_ok(db: &Path) -> bool {
     let c = Connection::open(db).unwrap();
-    let r: String = c.query_row("PRAGMA integrity_check", [], |r| r.get(0)).unwrap();
+    let r: String = c
+        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .unwrap();
     r == "ok"
 }
 
@@ -167,7 +213,12 @@ pub fn integrity_ok(db: &Path) -> bool {
 pub fn frame_offsets(archive: &[u8], archive_id_hex: &str, encrypted: bool) -> Vec<usize> {
     let id = hex::decode(archive_id_hex).unwrap();
     let back = if encrypted { 0 } else { 16 };
-    let mut hits: Vec<usize> = archive.windows(16).enumerate().filter(|(_, w)| *w == id.as_slice()).map(|(i, _)| i - back).collect();
+    let mut hits: Vec<usize> = archive
+        .windows(16)
+        .enumerate()
+        .filter(|(_, w)| *w == id.as_slice())
+        .map(|(i, _)| i - back)
+        .collect();
     hits.remove(0); // the header's own copy
     hits
 }

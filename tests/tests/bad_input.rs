@@ -20,7 +20,11 @@ fn small_backup(s: &Scratch, encrypted: bool) -> (String, String) {
 }
 
 fn key_args(encrypted: bool) -> Vec<&'static str> {
-    if encrypted { vec!["--key-file", "k.key"] } else { vec![] }
+    if encrypted {
+        vec!["--key-file", "k.key"]
+    } else {
+        vec![]
+    }
 }
 
 fn restore_fails(s: &Scratch, encrypted: bool, needles: &[&str]) {
@@ -28,9 +32,19 @@ fn restore_fails(s: &Scratch, encrypted: bool, needles: &[&str]) {
         let mut args = vec!["restore", "backups", "-o", "out.db", "--engine", engine];
         args.extend(key_args(encrypted));
         s.run(&args).fails_with(needles);
-        assert!(!s.path("out.db").exists(), "nothing may be written on failure");
-        let leftovers: Vec<_> = s.files(".").into_iter().filter(|f| f.contains("cairn-restore")).collect();
-        assert!(leftovers.is_empty(), "temp files left behind: {leftovers:?}");
+        assert!(
+            !s.path("out.db").exists(),
+            "nothing may be written on failure"
+        );
+        let leftovers: Vec<_> = s
+            .files(".")
+            .into_iter()
+            .filter(|f| f.contains("cairn-restore"))
+            .collect();
+        assert!(
+            leftovers.is_empty(),
+            "temp files left behind: {leftovers:?}"
+        );
     }
     let mut args = vec!["verify"];
     args.extend(key_args(encrypted));
@@ -40,7 +54,8 @@ fn restore_fails(s: &Scratch, encrypted: bool, needles: &[&str]) {
 #[test]
 fn missing_database() {
     let s = Scratch::new();
-    s.run(&["backup", "nope.db"]).fails_with(&["nope.db", "not found", "check the path"]);
+    s.run(&["backup", "nope.db"])
+        .fails_with(&["nope.db", "not found", "check the path"]);
     assert!(!s.path("backups").exists());
 }
 
@@ -48,11 +63,18 @@ fn missing_database() {
 fn a_file_that_is_not_sqlite() {
     let s = Scratch::new();
     std::fs::write(s.path("notes.txt"), "hello, these are my notes\n").unwrap();
-    s.run(&["backup", "notes.txt"]).fails_with(&["notes.txt", "is not a SQLite database"]);
-    std::fs::write(s.path("dump.sql"), "PRAGMA foreign_keys=OFF;\nBEGIN TRANSACTION;\n").unwrap();
-    s.run(&["backup", "dump.sql"]).fails_with(&["dump.sql", "SQL text"]);
+    s.run(&["backup", "notes.txt"])
+        .fails_with(&["notes.txt", "is not a SQLite database"]);
+    std::fs::write(
+        s.path("dump.sql"),
+        "PRAGMA foreign_keys=OFF;\nBEGIN TRANSACTION;\n",
+    )
+    .unwrap();
+    s.run(&["backup", "dump.sql"])
+        .fails_with(&["dump.sql", "SQL text"]);
     std::fs::write(s.path("empty.db"), b"").unwrap();
-    s.run(&["backup", "empty.db"]).fails_with(&["empty.db", "is empty"]);
+    s.run(&["backup", "empty.db"])
+        .fails_with(&["empty.db", "is empty"]);
 }
 
 #[test]
@@ -61,7 +83,9 @@ fn destination_not_writable() {
     s.make_db("app.db", 100);
     std::fs::create_dir(s.path("ro")).unwrap();
     use std::os::unix::fs::PermissionsExt;
-    let perm = |p: &str, m: u32| std::fs::set_permissions(s.path(p), std::fs::Permissions::from_mode(m)).unwrap();
+    let perm = |p: &str, m: u32| {
+        std::fs::set_permissions(s.path(p), std::fs::Permissions::from_mode(m)).unwrap()
+    };
     perm("ro", 0o555);
     let mut cmd = s.cmd(&["backup", "app.db", "ro"]);
     if unsafe { libc::geteuid() } == 0 {
@@ -69,7 +93,10 @@ fn destination_not_writable() {
         // and a copy of the binary (the build directory may be private).
         std::fs::copy(cairn_bin(), s.path("cairn")).unwrap();
         let mut as_nobody = std::process::Command::new(s.path("cairn"));
-        as_nobody.args(["backup", "app.db", "ro"]).current_dir(s.dir.path()).env("TMPDIR", s.path(".tmp"));
+        as_nobody
+            .args(["backup", "app.db", "ro"])
+            .current_dir(s.dir.path())
+            .env("TMPDIR", s.path(".tmp"));
         cmd = as_nobody;
         perm("cairn", 0o755);
         perm(".", 0o755);
@@ -84,7 +111,11 @@ fn destination_not_writable() {
             });
         }
     }
-    Run::from(cmd.output().unwrap()).fails_with(&["ro", "not writable", "choose another destination"]);
+    Run::from(cmd.output().unwrap()).fails_with(&[
+        "ro",
+        "not writable",
+        "choose another destination",
+    ]);
     assert!(s.files("ro").is_empty());
 }
 
@@ -108,17 +139,32 @@ fn disk_full() {
     unsafe {
         cmd.pre_exec(move || {
             libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
-            let lim = libc::rlimit { rlim_cur: limit, rlim_max: limit };
+            let lim = libc::rlimit {
+                rlim_cur: limit,
+                rlim_max: limit,
+            };
             if libc::setrlimit(libc::RLIMIT_FSIZE, &lim) != 0 {
                 return Err(std::io::Error::last_os_error());
             }
             Ok(())
         });
     }
-    Run::from(cmd.output().unwrap()).fails_with(&["backups/snapshots/", "no space left", "free space"]);
-    assert!(s.files("backups/snapshots").is_empty(), "partial archive left: {:?}", s.files("backups/snapshots"));
+    Run::from(cmd.output().unwrap()).fails_with(&[
+        "backups/snapshots/",
+        "no space left",
+        "free space",
+    ]);
+    assert!(
+        s.files("backups/snapshots").is_empty(),
+        "partial archive left: {:?}",
+        s.files("backups/snapshots")
+    );
     assert!(!s.path("backups/catalog.json").exists() && !s.path("backups/latest.txt").exists());
-    assert!(s.files(".tmp").is_empty(), "snapshot temp left: {:?}", s.files(".tmp"));
+    assert!(
+        s.files(".tmp").is_empty(),
+        "snapshot temp left: {:?}",
+        s.files(".tmp")
+    );
 }
 
 #[test]
@@ -129,13 +175,29 @@ fn wrong_key_is_reported_as_wrong_key_and_never_echoed() {
     std::fs::write(s.path("k.key"), other).unwrap();
     restore_fails(&s, true, &["wrong key", "--key-file"]);
     let r = s.run(&["restore", "backups", "-o", "x.db", "--key-file", "k.key"]);
-    assert!(!r.stderr.contains(other) && !r.stderr.contains(TEST_KEY), "key in message: {}", r.stderr);
+    assert!(
+        !r.stderr.contains(other) && !r.stderr.contains(TEST_KEY),
+        "key in message: {}",
+        r.stderr
+    );
     std::fs::write(s.path("bad.key"), "secret-but-not-a-key").unwrap();
-    let r = s.run(&["restore", "backups", "-o", "x.db", "--key-file", "bad.key"]).fails_with(&["bad.key", "64 hex digits"]);
+    let r = s
+        .run(&["restore", "backups", "-o", "x.db", "--key-file", "bad.key"])
+        .fails_with(&["bad.key", "64 hex digits"]);
     assert!(!r.stderr.contains("secret-but-not-a-key"));
-    s.run(&["restore", "backups", "-o", "x.db"]).fails_with(&["encrypted", "--key-file"]);
-    s.run(&["restore", "backups", "-o", "x.db", "--key-env", "NO_SUCH_VAR"]).fails_with(&["NO_SUCH_VAR", "not set"]);
-    s.run(&["backup", "app.db", "--encrypt"]).fails_with(&["--encrypt needs a key", "keygen"]);
+    s.run(&["restore", "backups", "-o", "x.db"])
+        .fails_with(&["encrypted", "--key-file"]);
+    s.run(&[
+        "restore",
+        "backups",
+        "-o",
+        "x.db",
+        "--key-env",
+        "NO_SUCH_VAR",
+    ])
+    .fails_with(&["NO_SUCH_VAR", "not set"]);
+    s.run(&["backup", "app.db", "--encrypt"])
+        .fails_with(&["--encrypt needs a key", "keygen"]);
 }
 
 fn damage(s: &Scratch, encrypted: bool, f: impl Fn(&[u8], &[usize]) -> Vec<u8>) {
@@ -152,7 +214,15 @@ fn truncated_archive() {
     for enc in [false, true] {
         let s = Scratch::new();
         damage(&s, enc, |b, offs| b[..offs[offs.len() - 1]].to_vec());
-        restore_fails(&s, enc, &["is truncated", "before the end-of-archive trailer", "damaged"]);
+        restore_fails(
+            &s,
+            enc,
+            &[
+                "is truncated",
+                "before the end-of-archive trailer",
+                "damaged",
+            ],
+        );
         let s = Scratch::new();
         damage(&s, enc, |b, offs| b[..offs[3] + 100].to_vec());
         restore_fails(&s, enc, &["is truncated", "inside chunk 3"]);
@@ -191,7 +261,10 @@ fn a_chunk_from_another_archive() {
         s.run(&args).ok();
         let second = s.latest_object("backups");
         let cat = s.catalog("backups");
-        let (id_a, id_b) = (cat["entries"][0]["archive_id"].as_str().unwrap(), cat["entries"][1]["archive_id"].as_str().unwrap());
+        let (id_a, id_b) = (
+            cat["entries"][0]["archive_id"].as_str().unwrap(),
+            cat["entries"][1]["archive_id"].as_str().unwrap(),
+        );
         let a = s.read(&format!("backups/{first}"));
         let b = s.read(&format!("backups/{second}"));
         let (oa, ob) = (frame_offsets(&a, id_a, enc), frame_offsets(&b, id_b, enc));
@@ -207,27 +280,36 @@ fn a_chunk_from_another_archive() {
 #[test]
 fn empty_or_missing_catalog() {
     let s = Scratch::new();
-    s.run(&["list", "nowhere"]).fails_with(&["nowhere/catalog.json", "no catalog"]);
-    s.run(&["restore", "nowhere", "-o", "x.db"]).fails_with(&["nowhere/catalog.json", "no catalog"]);
+    s.run(&["list", "nowhere"])
+        .fails_with(&["nowhere/catalog.json", "no catalog"]);
+    s.run(&["restore", "nowhere", "-o", "x.db"])
+        .fails_with(&["nowhere/catalog.json", "no catalog"]);
     small_backup(&s, false);
     std::fs::write(s.path("backups/catalog.json"), b"").unwrap();
-    s.run(&["list"]).fails_with(&["backups/catalog.json", "is empty"]);
-    s.run(&["verify"]).fails_with(&["backups/catalog.json", "damaged"]);
-    s.run(&["restore", "backups", "-o", "x.db"]).fails_with(&["backups/catalog.json", "damaged"]);
+    s.run(&["list"])
+        .fails_with(&["backups/catalog.json", "is empty"]);
+    s.run(&["verify"])
+        .fails_with(&["backups/catalog.json", "damaged"]);
+    s.run(&["restore", "backups", "-o", "x.db"])
+        .fails_with(&["backups/catalog.json", "damaged"]);
     // A damaged catalog is never overwritten by the next backup.
-    s.run(&["backup", "app.db"]).fails_with(&["backups/catalog.json", "damaged"]);
+    s.run(&["backup", "app.db"])
+        .fails_with(&["backups/catalog.json", "damaged"]);
     assert_eq!(s.read("backups/catalog.json"), b"");
     std::fs::remove_file(s.path("backups/catalog.json")).unwrap();
-    s.run(&["restore", "backups", "-o", "x.db"]).fails_with(&["backups/catalog.json", "no catalog"]);
+    s.run(&["restore", "backups", "-o", "x.db"])
+        .fails_with(&["backups/catalog.json", "no catalog"]);
 }
 
 #[test]
 fn a_missing_object_and_unknown_id() {
     let s = Scratch::new();
     let (object, _) = small_backup(&s, false);
-    s.run(&["restore", "backups", "-o", "x.db", "--id", "nope"]).fails_with(&["no backup with id nope", "cairn list"]);
+    s.run(&["restore", "backups", "-o", "x.db", "--id", "nope"])
+        .fails_with(&["no backup with id nope", "cairn list"]);
     std::fs::remove_file(s.path(&format!("backups/{object}"))).unwrap();
-    s.run(&["restore", "backups", "-o", "x.db"]).fails_with(&[&object, "missing"]);
+    s.run(&["restore", "backups", "-o", "x.db"])
+        .fails_with(&[&object, "missing"]);
 }
 
 #[test]
@@ -248,7 +330,12 @@ fn an_archive_that_drives_the_sandbox_past_its_memory_limit() {
         compression: Compression::Deflate { level: 1 },
         encryption: Some(EncryptionParams {
             master: MasterKey([1; 32]),
-            kdf: Kdf::Argon2id { m_cost_kib: 1 << 20, t_cost: 1, p_cost: 1, salt: [2; 16] },
+            kdf: Kdf::Argon2id {
+                m_cost_kib: 1 << 20,
+                t_cost: 1,
+                p_cost: 1,
+                salt: [2; 16],
+            },
             salt: [3; 32],
         }),
     };
@@ -258,9 +345,23 @@ fn an_archive_that_drives_the_sandbox_past_its_memory_limit() {
     // Swap it in for the real archive, under the same name.
     let object = s.latest_object("backups");
     std::fs::write(s.path(&format!("backups/{object}")), &bytes).unwrap();
-    let r = s.cmd(&["verify", "--passphrase-env", "PW"]).env("PW", "x").output().unwrap();
+    let r = s
+        .cmd(&["verify", "--passphrase-env", "PW"])
+        .env("PW", "x")
+        .output()
+        .unwrap();
     Run::from(r).fails_with(&["memory limit of 256 MiB", "--sandbox-memory", &object]);
-    let r = s.cmd(&["verify", "--passphrase-env", "PW", "--sandbox-memory", "64M"]).env("PW", "x").output().unwrap();
+    let r = s
+        .cmd(&[
+            "verify",
+            "--passphrase-env",
+            "PW",
+            "--sandbox-memory",
+            "64M",
+        ])
+        .env("PW", "x")
+        .output()
+        .unwrap();
     Run::from(r).fails_with(&["memory limit of 64 MiB"]);
 }
 
@@ -268,8 +369,10 @@ fn an_archive_that_drives_the_sandbox_past_its_memory_limit() {
 fn bad_options() {
     let s = Scratch::new();
     s.make_db("app.db", 10);
-    s.run(&["backup", "app.db", "--level", "12"]).fails_with(&["--level 12", "0 (store) to 9"]);
-    s.run(&["backup", "app.db", "--chunk-size", "1K"]).fails_with(&["--chunk-size", "4K to 16M"]);
+    s.run(&["backup", "app.db", "--level", "12"])
+        .fails_with(&["--level 12", "0 (store) to 9"]);
+    s.run(&["backup", "app.db", "--chunk-size", "1K"])
+        .fails_with(&["--chunk-size", "4K to 16M"]);
     let r = s.run(&["backup", "app.db", "--chunk-size", "lots"]);
     assert_eq!(r.code, 2, "usage errors exit 2: {}", r.stderr);
     assert!(r.stderr.contains("is not a size"), "{}", r.stderr);

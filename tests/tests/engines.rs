@@ -8,7 +8,13 @@ use cairn_core::{Compression, KeyMaterial, MasterKey};
 use cairn_e2e::*;
 
 fn seeds() -> Seeds {
-    Seeds { created_at_ms: 1_795_359_662_345, archive_id: [1; 16], salt: [2; 32], argon_salt: [3; 16], id_suffix: [4; 4] }
+    Seeds {
+        created_at_ms: 1_795_359_662_345,
+        archive_id: [1; 16],
+        salt: [2; 32],
+        argon_salt: [3; 16],
+        id_suffix: [4; 4],
+    }
 }
 
 #[test]
@@ -16,10 +22,18 @@ fn native_and_wasm_engines_write_byte_identical_archives() {
     let s = Scratch::new();
     let db = s.make_db("app.db", 30_000);
     let key = KeyMaterial::Key(MasterKey::parse(TEST_KEY).unwrap());
-    for (key, level) in [(KeyMaterial::None, 6), (key.clone(), 6), (key, 0), (KeyMaterial::None, 1)] {
+    for (key, level) in [
+        (KeyMaterial::None, 6),
+        (key.clone(), 6),
+        (key, 0),
+        (KeyMaterial::None, 1),
+    ] {
         let mut objects = Vec::new();
         for engine in [EngineKind::Native, EngineKind::Wasm] {
-            let dest = s.path(&format!("dest-{engine:?}-{level}-{}", matches!(key, KeyMaterial::None)));
+            let dest = s.path(&format!(
+                "dest-{engine:?}-{level}-{}",
+                matches!(key, KeyMaterial::None)
+            ));
             let opts = BackupOptions {
                 db: db.clone(),
                 key: key.clone(),
@@ -53,17 +67,36 @@ fn the_component_manifest_matches_the_native_one() {
     let parsed = m.call_parse_catalog(&mut *store, &bytes).unwrap().unwrap();
     assert_eq!(parsed.entries.len(), 2);
     assert_eq!(parsed.generation, native.generation);
-    assert_eq!(m.call_render_catalog(&mut *store, &parsed).unwrap(), bytes, "render(parse(x)) == x in the component");
+    assert_eq!(
+        m.call_render_catalog(&mut *store, &parsed).unwrap(),
+        bytes,
+        "render(parse(x)) == x in the component"
+    );
     assert_eq!(native.render(), bytes);
     let e: &Entry = native.newest().unwrap();
-    let latest = m.call_latest_pointer(&mut *store, &parsed.entries[1]).unwrap();
+    let latest = m
+        .call_latest_pointer(&mut *store, &parsed.entries[1])
+        .unwrap();
     assert_eq!(latest, cairn_core::catalog::latest_pointer(e));
-    assert_eq!(m.call_snapshot_id(&mut *store, 1_795_359_662_345, &[0xde, 0xad, 0xbe, 0xef]).unwrap(), "20261122T150102Z-deadbeef");
-    let bad = m.call_parse_catalog(&mut *store, b"{}").unwrap().unwrap_err();
+    assert_eq!(
+        m.call_snapshot_id(&mut *store, 1_795_359_662_345, &[0xde, 0xad, 0xbe, 0xef])
+            .unwrap(),
+        "20261122T150102Z-deadbeef"
+    );
+    let bad = m
+        .call_parse_catalog(&mut *store, b"{}")
+        .unwrap()
+        .unwrap_err();
     assert!(bad.message.contains("catalog"), "{}", bad.message);
     use cairn::sandbox::wit::Kind as W;
     use cairn_core::Kind as K;
-    for sample in [&s.read("app.db")[..32], b"PGDMP\x01\x0e", b"-- dump\nCREATE TABLE t(x);", &s.read(&format!("backups/{}", e.object))[..32], b"??"] {
+    for sample in [
+        &s.read("app.db")[..32],
+        b"PGDMP\x01\x0e",
+        b"-- dump\nCREATE TABLE t(x);",
+        &s.read(&format!("backups/{}", e.object))[..32],
+        b"??",
+    ] {
         let expected = match cairn_core::sniff(sample) {
             K::CairnEncrypted => W::CairnEncrypted,
             K::Gzip { cairn: true } => W::CairnGzip,
@@ -79,7 +112,9 @@ fn the_component_manifest_matches_the_native_one() {
 
 #[test]
 fn the_embedded_component_is_not_stale() {
-    let workspace = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    let workspace = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap();
     assert_eq!(
         cairn::component_source_hash(workspace),
         cairn::sandbox::COMPONENT_SOURCE_HASH,

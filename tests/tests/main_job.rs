@@ -12,7 +12,10 @@ fn backup_list_verify_restore_round_trip() {
     let r = s.run(&["backup", "app.db", "--json"]).ok();
     let report: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
     let object = report["object"].as_str().unwrap().to_string();
-    assert!(object.starts_with("snapshots/") && object.ends_with(".db.gz"), "{object}");
+    assert!(
+        object.starts_with("snapshots/") && object.ends_with(".db.gz"),
+        "{object}"
+    );
     assert_eq!(s.latest_object("backups"), object);
     assert!(report["stored_size"].as_u64().unwrap() < report["plain_size"].as_u64().unwrap() / 2);
 
@@ -21,20 +24,28 @@ fn backup_list_verify_restore_round_trip() {
     assert_eq!(l["backups"].as_array().unwrap().len(), 1);
     assert_eq!(l["latest"], report["id"]);
     let table = s.run(&["list"]).ok();
-    assert!(table.stdout.contains("(latest)") && table.stdout.contains("app.db"), "{}", table.stdout);
+    assert!(
+        table.stdout.contains("(latest)") && table.stdout.contains("app.db"),
+        "{}",
+        table.stdout
+    );
 
     let v = s.run(&["verify"]).ok();
     assert!(v.stdout.starts_with("ok "), "{}", v.stdout);
 
     for engine in ["native", "wasm"] {
         let out = format!("restored-{engine}.db");
-        s.run(&["restore", "backups", "-o", &out, "--engine", engine]).ok();
+        s.run(&["restore", "backups", "-o", &out, "--engine", engine])
+            .ok();
         assert_eq!(count_rows(&s.path(&out)), 20_000);
         assert!(integrity_ok(&s.path(&out)));
     }
     assert_eq!(s.read("restored-native.db"), s.read("restored-wasm.db"));
     use std::os::unix::fs::PermissionsExt;
-    let mode = std::fs::metadata(s.path("restored-native.db")).unwrap().permissions().mode();
+    let mode = std::fs::metadata(s.path("restored-native.db"))
+        .unwrap()
+        .permissions()
+        .mode();
     assert_eq!(mode & 0o777, 0o644);
 }
 
@@ -45,8 +56,16 @@ fn an_unencrypted_backup_is_a_gzip_file() {
     s.run(&["backup", "app.db", "-q"]).ok();
     s.run(&["restore", "backups", "-o", "restored.db"]).ok();
     let object = s.latest_object("backups");
-    let out = Command::new("gunzip").arg("-c").arg(s.path(&format!("backups/{object}"))).output().expect("gunzip is installed");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new("gunzip")
+        .arg("-c")
+        .arg(s.path(&format!("backups/{object}")))
+        .output()
+        .expect("gunzip is installed");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(out.stdout, s.read("restored.db"));
     std::fs::write(s.path("gunzipped.db"), &out.stdout).unwrap();
     assert_eq!(count_rows(&s.path("gunzipped.db")), 5_000);
@@ -58,24 +77,64 @@ fn encrypted_backups_with_key_file_key_env_and_passphrase() {
     s.make_db("app.db", 3_000);
     s.run(&["keygen", "-o", "k.key"]).ok();
     use std::os::unix::fs::PermissionsExt;
-    assert_eq!(std::fs::metadata(s.path("k.key")).unwrap().permissions().mode() & 0o777, 0o600);
-    s.run(&["keygen", "-o", "k.key"]).fails_with(&["k.key", "must not exist"]);
+    assert_eq!(
+        std::fs::metadata(s.path("k.key"))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777,
+        0o600
+    );
+    s.run(&["keygen", "-o", "k.key"])
+        .fails_with(&["k.key", "must not exist"]);
 
-    let r = s.run(&["backup", "app.db", "--key-file", "k.key", "--json"]).ok();
-    let object = serde_json::from_str::<serde_json::Value>(&r.stdout).unwrap()["object"].as_str().unwrap().to_string();
+    let r = s
+        .run(&["backup", "app.db", "--key-file", "k.key", "--json"])
+        .ok();
+    let object = serde_json::from_str::<serde_json::Value>(&r.stdout).unwrap()["object"]
+        .as_str()
+        .unwrap()
+        .to_string();
     assert!(object.ends_with(".db.cairn"));
     let archive = s.read(&format!("backups/{object}"));
-    assert_eq!(cairn_core::sniff(&archive), cairn_core::Kind::CairnEncrypted);
-    assert!(!archive.windows(12).any(|w| w == b"ordered by c"), "plaintext leaked into the archive");
+    assert_eq!(
+        cairn_core::sniff(&archive),
+        cairn_core::Kind::CairnEncrypted
+    );
+    assert!(
+        !archive.windows(12).any(|w| w == b"ordered by c"),
+        "plaintext leaked into the archive"
+    );
 
-    s.run(&["restore", "backups", "-o", "a.db", "--key-file", "k.key"]).ok();
+    s.run(&["restore", "backups", "-o", "a.db", "--key-file", "k.key"])
+        .ok();
     s.run(&["verify", "--key-file", "k.key"]).ok();
     let key_text = String::from_utf8(s.read("k.key")).unwrap();
-    let r = s.cmd(&["restore", "backups", "-o", "b.db", "--key-env", "MY_KEY", "--engine", "wasm"]).env("MY_KEY", key_text.trim()).output().unwrap();
+    let r = s
+        .cmd(&[
+            "restore",
+            "backups",
+            "-o",
+            "b.db",
+            "--key-env",
+            "MY_KEY",
+            "--engine",
+            "wasm",
+        ])
+        .env("MY_KEY", key_text.trim())
+        .output()
+        .unwrap();
     Run::from(r).ok();
     assert_eq!(s.read("a.db"), s.read("b.db"));
 
-    let pw = |args: &[&str]| Run::from(s.cmd(args).env("PW", "correct horse battery staple").output().unwrap());
+    let pw = |args: &[&str]| {
+        Run::from(
+            s.cmd(args)
+                .env("PW", "correct horse battery staple")
+                .output()
+                .unwrap(),
+        )
+    };
     pw(&["backup", "app.db", "--passphrase-env", "PW", "-q"]).ok();
     pw(&["restore", "backups", "-o", "c.db", "--passphrase-env", "PW"]).ok();
     pw(&["verify", "--passphrase-env", "PW"]).ok();
@@ -83,7 +142,10 @@ fn encrypted_backups_with_key_file_key_env_and_passphrase() {
     let c = s.catalog("backups");
     assert_eq!(c["entries"][1]["encryption"], "aes-256-gcm (passphrase)");
     // The catalog is plaintext: it must not hold a digest of an encrypted database.
-    assert!(c["entries"][0].get("plain_sha256").is_none() && c["entries"][1].get("plain_sha256").is_none());
+    assert!(
+        c["entries"][0].get("plain_sha256").is_none()
+            && c["entries"][1].get("plain_sha256").is_none()
+    );
     assert!(c["entries"][0]["key_id"].is_string());
 }
 
@@ -93,21 +155,39 @@ fn restore_never_overwrites_without_force() {
     s.make_db("app.db", 1_000);
     s.run(&["backup", "app.db", "-q"]).ok();
     std::fs::write(s.path("live.db"), b"precious").unwrap();
-    s.run(&["restore", "backups", "-o", "live.db"]).fails_with(&["live.db", "already exists", "--force"]);
+    s.run(&["restore", "backups", "-o", "live.db"])
+        .fails_with(&["live.db", "already exists", "--force"]);
     assert_eq!(s.read("live.db"), b"precious");
 
-    let r = s.run(&["restore", "backups", "-o", "live.db", "--if-db-not-exists"]).ok();
+    let r = s
+        .run(&["restore", "backups", "-o", "live.db", "--if-db-not-exists"])
+        .ok();
     assert!(r.stderr.contains("nothing to do"), "{}", r.stderr);
     assert_eq!(s.read("live.db"), b"precious");
 
     std::fs::write(s.path("live.db-wal"), b"stale wal").unwrap();
-    s.run(&["restore", "backups", "-o", "live.db", "--force"]).ok();
-    assert!(!s.path("live.db-wal").exists(), "a stale WAL must not survive a forced restore");
+    s.run(&["restore", "backups", "-o", "live.db", "--force"])
+        .ok();
+    assert!(
+        !s.path("live.db-wal").exists(),
+        "a stale WAL must not survive a forced restore"
+    );
     assert_eq!(count_rows(&s.path("live.db")), 1_000);
 
-    s.run(&["restore", "backups", "-o", "new/dir/app.db", "--if-db-not-exists"]).ok();
+    s.run(&[
+        "restore",
+        "backups",
+        "-o",
+        "new/dir/app.db",
+        "--if-db-not-exists",
+    ])
+    .ok();
     assert_eq!(count_rows(&s.path("new/dir/app.db")), 1_000);
-    assert!(s.files("new/dir").iter().all(|f| f == "app.db"), "{:?}", s.files("new/dir"));
+    assert!(
+        s.files("new/dir").iter().all(|f| f == "app.db"),
+        "{:?}",
+        s.files("new/dir")
+    );
 }
 
 #[test]
@@ -150,7 +230,10 @@ fn backup_is_consistent_while_another_writer_keeps_writing() {
     s.run(&["restore", "backups", "-o", "r.db"]).ok();
     let n = count_rows(&s.path("r.db"));
     assert!(integrity_ok(&s.path("r.db")));
-    assert!((100_000..=written as i64).contains(&n) && n % 200 == 0, "a snapshot holds whole transactions: {n}");
+    assert!(
+        (100_000..=written as i64).contains(&n) && n % 200 == 0,
+        "a snapshot holds whole transactions: {n}"
+    );
 }
 
 #[test]
@@ -161,5 +244,9 @@ fn help_reads_like_docs() {
         assert!(r.stdout.contains(word), "{word}: {}", r.stdout);
     }
     let r = s.run(&["backup", "--help"]).ok();
-    assert!(r.stdout.contains("--key-file") && r.stdout.contains("online backup API"), "{}", r.stdout);
+    assert!(
+        r.stdout.contains("--key-file") && r.stdout.contains("online backup API"),
+        "{}",
+        r.stdout
+    );
 }

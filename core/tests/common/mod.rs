@@ -1,6 +1,8 @@
 #![allow(dead_code)]
 use cairn_core::encoder::EncryptionParams;
-use cairn_core::{Compression, Decoder, Encoder, Kdf, KeyMaterial, MasterKey, SourceKind, WriterParams};
+use cairn_core::{
+    Compression, Decoder, Encoder, Kdf, KeyMaterial, MasterKey, SourceKind, WriterParams,
+};
 
 pub const CHUNK: u32 = 4096;
 
@@ -17,7 +19,11 @@ pub fn params(level: u8, encrypted: bool) -> WriterParams {
         page_size: 4096,
         chunk_size: CHUNK,
         compression: Compression::from_level(level).unwrap(),
-        encryption: encrypted.then(|| EncryptionParams { master: key(), kdf: Kdf::RawKey, salt: [0x5A; 32] }),
+        encryption: encrypted.then(|| EncryptionParams {
+            master: key(),
+            kdf: Kdf::RawKey,
+            salt: [0x5A; 32],
+        }),
     }
 }
 
@@ -27,7 +33,9 @@ pub fn sample(len: usize) -> Vec<u8> {
     let mut x: u32 = 12345;
     while out.len() < len {
         x = x.wrapping_mul(1_103_515_245).wrapping_add(12345);
-        out.extend_from_slice(format!("row {} name-{} value {};", x % 1000, (x >> 8) % 97, x >> 16).as_bytes());
+        out.extend_from_slice(
+            format!("row {} name-{} value {};", x % 1000, (x >> 8) % 97, x >> 16).as_bytes(),
+        );
     }
     out.truncate(len);
     out
@@ -40,7 +48,11 @@ pub fn encode(p: WriterParams, data: &[u8]) -> Vec<u8> {
     out
 }
 
-pub fn decode_with(key: KeyMaterial, archive: &[u8], piece: usize) -> Result<Vec<u8>, cairn_core::Error> {
+pub fn decode_with(
+    key: KeyMaterial,
+    archive: &[u8],
+    piece: usize,
+) -> Result<Vec<u8>, cairn_core::Error> {
     let mut d = Decoder::new(key);
     let mut out = Vec::new();
     for part in archive.chunks(piece.max(1)) {

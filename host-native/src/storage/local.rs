@@ -68,9 +68,18 @@ impl Storage for LocalDir {
         let dest = self.path(key)?;
         let dir = dest.parent().expect("a key has a file name");
         fs::create_dir_all(dir)?;
-        let name = dest.file_name().expect("a key has a file name").to_string_lossy();
-        let tmp = tempfile::Builder::new().prefix(&format!(".{name}.")).suffix(".tmp").tempfile_in(dir)?;
-        Ok(Box::new(LocalWriter { file: BufWriter::with_capacity(1 << 20, tmp), dest }))
+        let name = dest
+            .file_name()
+            .expect("a key has a file name")
+            .to_string_lossy();
+        let tmp = tempfile::Builder::new()
+            .prefix(&format!(".{name}."))
+            .suffix(".tmp")
+            .tempfile_in(dir)?;
+        Ok(Box::new(LocalWriter {
+            file: BufWriter::with_capacity(1 << 20, tmp),
+            dest,
+        }))
     }
 
     fn list(&self, prefix: &str) -> io::Result<Vec<String>> {
@@ -94,9 +103,16 @@ impl Storage for LocalDir {
 
     fn lock(&self) -> io::Result<Box<dyn Send>> {
         fs::create_dir_all(&self.root)?;
-        let file = fs::OpenOptions::new().create(true).truncate(false).write(true).open(self.root.join(".cairn.lock"))?;
+        let file = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(self.root.join(".cairn.lock"))?;
         if file.try_lock().is_err() {
-            eprintln!("waiting for another cairn process writing to {}", self.root.display());
+            eprintln!(
+                "waiting for another cairn process writing to {}",
+                self.root.display()
+            );
             file.lock()?;
         }
         Ok(Box::new(file))

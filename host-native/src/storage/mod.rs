@@ -36,7 +36,10 @@ pub trait Storage: Send + Sync {
                 let mut v = Vec::new();
                 r.by_ref().take(LIMIT + 1).read_to_end(&mut v)?;
                 if v.len() as u64 > LIMIT {
-                    return Err(io::Error::new(io::ErrorKind::InvalidData, format!("{key} is over 64 MiB, too large for a cairn metadata file")));
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        format!("{key} is over 64 MiB, too large for a cairn metadata file"),
+                    ));
                 }
                 Ok(Some(v))
             }

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Every check, from a fresh clone: set-up, format, lints, the build of all
+# crates (native and wasm32-wasip2), and every test. One target directory
+# outside the clone is shared by all steps (CARGO_TARGET_DIR).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source .ci/setup.sh
+started=$SECONDS
+
+say "cargo fmt --check"
+cargo fmt --all --check
+
+say "cargo clippy (native and wasm32-wasip2)"
+cargo clippy --release --locked --workspace --all-targets -- -D warnings
+cargo clippy --release --locked --target wasm32-wasip2 -p cairn-core -p cairn-wasi -- -D warnings
+
+say "building cairn and cairn-wasi"
+# The e2e tests run the cairn binary, which `cargo test` alone does not rebuild.
+cargo build --release --locked --workspace --bins
+cargo build --release --locked --target wasm32-wasip2 -p cairn-wasi
+
+say "cargo test"
+cargo test --release --locked --workspace --no-fail-fast 2>&1 | tee "$CARGO_TARGET_DIR/test.log"
+summary=$(grep -E '^test result:' "$CARGO_TARGET_DIR/test.log" |
+    awk '{p += $4; f += $6} END {printf "%d passed, %d failed", p, f}')
+say "done in $((SECONDS - started))s"
+echo "$summary"
