@@ -312,14 +312,12 @@ fn a_missing_object_and_unknown_id() {
         .fails_with(&[&object, "missing"]);
 }
 
-#[test]
-fn an_archive_that_drives_the_sandbox_past_its_memory_limit() {
-    // A hostile archive: its header asks for Argon2id with 1 GiB of memory
-    // (the largest a reader accepts natively). In the sandbox the memory cap stops it.
+/// Replaces the latest backup with a hostile archive whose header asks for
+/// Argon2id with `m_cost_kib` of memory and `t_cost` passes; returns its key.
+fn plant_hostile_kdf_archive(s: &Scratch, m_cost_kib: u32, t_cost: u32) -> String {
     use cairn_core::encoder::EncryptionParams;
     use cairn_core::{Compression, Kdf, MasterKey, SourceKind, WriterParams};
-    let s = Scratch::new();
-    small_backup(&s, false);
+    small_backup(s, false);
     let params = WriterParams {
         archive_id: [0x66; 16],
         source: SourceKind::Sqlite,
@@ -331,8 +329,8 @@ fn an_archive_that_drives_the_sandbox_past_its_memory_limit() {
         encryption: Some(EncryptionParams {
             master: MasterKey([1; 32]),
             kdf: Kdf::Argon2id {
-                m_cost_kib: 1 << 20,
-                t_cost: 1,
+                m_cost_kib,
+                t_cost,
                 p_cost: 1,
                 salt: [2; 16],
             },
@@ -342,9 +340,16 @@ fn an_archive_that_drives_the_sandbox_past_its_memory_limit() {
     let mut enc = cairn_core::Encoder::new(params).unwrap();
     let mut bytes = enc.push(&s.read("app.db")).unwrap();
     bytes.extend(enc.finish().unwrap().0);
-    // Swap it in for the real archive, under the same name.
     let object = s.latest_object("backups");
     std::fs::write(s.path(&format!("backups/{object}")), &bytes).unwrap();
+    object
+}
+
+#[test]
+fn an_archive_that_drives_the_sandbox_past_its_memory_limit() {
+    // 1 GiB of Argon2id memory: the largest a reader accepts natively.
+    let s = Scratch::new();
+    let object = plant_hostile_kdf_archive(&s, 1 << 20, 1);
     let r = s
         .cmd(&["verify", "--passphrase-env", "PW"])
         .env("PW", "x")
@@ -363,6 +368,24 @@ fn an_archive_that_drives_the_sandbox_past_its_memory_limit() {
         .output()
         .unwrap();
     Run::from(r).fails_with(&["memory limit of 64 MiB"]);
+}
+
+#[test]
+fn an_archive_that_runs_too_long_is_stopped_by_the_deadline() {
+    // 128 MiB (under the memory cap) and 16 passes: seconds of work per call.
+    let s = Scratch::new();
+    let object = plant_hostile_kdf_archive(&s, 128 << 10, 16);
+    let started = std::time::Instant::now();
+    let r = s
+        .cmd(&["verify", "--passphrase-env", "PW", "--sandbox-timeout", "1"])
+        .env("PW", "x")
+        .output()
+        .unwrap();
+    Run::from(r).fails_with(&["longer than 1 s", "--sandbox-timeout", &object]);
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(20),
+        "the deadline did not stop it promptly"
+    );
 }
 
 #[test]
