@@ -21,6 +21,9 @@ cargo build --release --locked --target wasm32-wasip2 -p cairn-wasi
 
 say "cargo test"
 cargo test --release --locked --workspace --no-fail-fast 2>&1 | tee "$CARGO_TARGET_DIR/test.log"
+
+say "benchmark smoke run (bench/run.sh --smoke: 20 MiB, every peer, the table must be well-formed)"
+bash bench/run.sh --smoke
 summary=$(grep -E '^test result:' "$CARGO_TARGET_DIR/test.log" |
     awk '{p += $4; f += $6} END {printf "%d passed, %d failed", p, f}')
 say "done in $((SECONDS - started))s"

@@ -33,8 +33,45 @@ pub fn seal(cipher: &Aes256Gcm, index: u64, last: bool, aad: &[u8], mut body: Ve
     body
 }
 
+/// AES-256-GCM decryption under one payload key. The core's own is
+/// RustCrypto's ([`SoftAead`]); a host that runs the core inside a sandbox
+/// may lend a faster one (docs/EMBEDDING.md): it is a pure function of its
+/// inputs, while framing, key checks and every decision stay in the core.
+pub trait ChunkAead: Send + Sync {
+    /// The plaintext of `sealed` (ciphertext ‖ 16-byte tag), or `None` if
+    /// the tag does not authenticate it.
+    fn open(&self, nonce: &[u8; 12], aad: &[u8], sealed: &[u8]) -> Option<Vec<u8>>;
+}
+
+/// Makes the [`ChunkAead`] for a payload key.
+pub type AeadFactory = fn(&[u8; 32]) -> Box<dyn ChunkAead>;
+
+/// RustCrypto's AES-256-GCM: AES-NI natively, constant-time software in wasm.
+pub struct SoftAead(Aes256Gcm);
+
+impl ChunkAead for SoftAead {
+    fn open(&self, nonce: &[u8; 12], aad: &[u8], sealed: &[u8]) -> Option<Vec<u8>> {
+        let (ct, tag) = sealed.split_at(sealed.len().checked_sub(TAG_LEN)?);
+        let mut body = ct.to_vec();
+        self.0
+            .decrypt_inout_detached(
+                &Nonce::from(*nonce),
+                aad,
+                body.as_mut_slice().into(),
+                tag.try_into().ok()?,
+            )
+            .ok()?;
+        Some(body)
+    }
+}
+
+/// The default [`AeadFactory`].
+pub fn soft_aead(key: &[u8; 32]) -> Box<dyn ChunkAead> {
+    Box::new(SoftAead(cipher(key)))
+}
+
 pub fn open(
-    cipher: &Aes256Gcm,
+    aead: &dyn ChunkAead,
     index: u64,
     last: bool,
     aad: &[u8],
@@ -43,13 +80,12 @@ pub fn open(
     if sealed.len() < TAG_LEN {
         return Err(Error::corrupt(index, "shorter than an authentication tag"));
     }
-    let (ct, tag) = sealed.split_at(sealed.len() - TAG_LEN);
-    let mut body = ct.to_vec();
-    let n = nonce(index, last);
-    cipher
-        .decrypt_inout_detached(&Nonce::from(n), aad, body.as_mut_slice().into(), tag.try_into().expect("16 bytes"))
-        .map_err(|_| Error::corrupt(index, "authentication failed: its bytes were changed, or it was moved from another position or archive"))?;
-    Ok(body)
+    aead.open(&nonce(index, last), aad, sealed).ok_or_else(|| {
+        Error::corrupt(
+            index,
+            "authentication failed: its bytes were changed, or it was moved from another position or archive",
+        )
+    })
 }
 
 /// Raw deflate at `compression`'s level (level 0: stored blocks).

@@ -3,9 +3,7 @@
 //! [`Tally`] checks the result against the trailer. [`Decoder`] is the
 //! sequential state machine combining them.
 
-use aes_gcm::Aes256Gcm;
-
-use crate::chunk::{self, Trailer};
+use crate::chunk::{self, AeadFactory, ChunkAead, Trailer};
 use crate::error::{Error, Result};
 use crate::frame::{Event, FrameParser, RawChunk};
 use crate::header::{Compression, Encryption, Metadata};
@@ -16,13 +14,24 @@ pub use crate::chunk::Tally;
 pub struct ArchiveReader {
     meta: Metadata,
     header: Vec<u8>,
-    cipher: Option<Aes256Gcm>,
+    cipher: Option<Box<dyn ChunkAead>>,
 }
 
 impl ArchiveReader {
     /// Prepares to open an archive's chunks. Checks the key against the
     /// header's key id first, so a wrong key is never mistaken for damage.
     pub fn new(header: Vec<u8>, meta: Metadata, key: &KeyMaterial) -> Result<Self> {
+        Self::with_aead(header, meta, key, chunk::soft_aead)
+    }
+
+    /// Like [`new`](Self::new), opening chunks with the AES-256-GCM that
+    /// `aead` makes (see [`ChunkAead`]).
+    pub fn with_aead(
+        header: Vec<u8>,
+        meta: Metadata,
+        key: &KeyMaterial,
+        aead: AeadFactory,
+    ) -> Result<Self> {
         let cipher = match meta.encryption {
             Encryption::None => None,
             Encryption::Aes256GcmStream { salt, kdf, key_id } => {
@@ -33,7 +42,7 @@ impl ArchiveReader {
                         given: master.key_id_hex(),
                     });
                 }
-                Some(chunk::cipher(&master.payload_key(&salt, &meta.archive_id)))
+                Some(aead(&master.payload_key(&salt, &meta.archive_id)))
             }
         };
         Ok(ArchiveReader {
@@ -58,7 +67,7 @@ impl ArchiveReader {
         let limit = self.meta.chunk_size as usize;
         let plain = match &self.cipher {
             Some(cipher) => {
-                let body = chunk::open(cipher, c.index, false, &self.header, &c.body)?;
+                let body = chunk::open(cipher.as_ref(), c.index, false, &self.header, &c.body)?;
                 match self.meta.compression {
                     Compression::None => body,
                     Compression::Deflate { .. } => chunk::inflate(c.index, &body, limit)?,
@@ -93,11 +102,10 @@ impl ArchiveReader {
             )));
         }
         let record = match &self.cipher {
-            Some(cipher) => {
-                chunk::open(cipher, c.index, true, &self.header, &c.body).map_err(|_| {
+            Some(cipher) => chunk::open(cipher.as_ref(), c.index, true, &self.header, &c.body)
+                .map_err(|_| {
                     Error::CorruptTrailer("authentication failed: it was changed or moved".into())
-                })?
-            }
+                })?,
             None => c.body.clone(),
         };
         let t = Trailer::from_bytes(&record)?;
@@ -125,6 +133,7 @@ pub struct DecodeSummary {
 /// checked before `finish` returns Ok; after an error it only repeats it.
 pub struct Decoder {
     key: KeyMaterial,
+    aead: AeadFactory,
     parser: FrameParser,
     reader: Option<ArchiveReader>,
     tally: Tally,
@@ -134,8 +143,14 @@ pub struct Decoder {
 
 impl Decoder {
     pub fn new(key: KeyMaterial) -> Self {
+        Self::with_aead(key, chunk::soft_aead)
+    }
+
+    /// A decoder that opens chunks with the AES-256-GCM `aead` makes.
+    pub fn with_aead(key: KeyMaterial, aead: AeadFactory) -> Self {
         Decoder {
             key,
+            aead,
             parser: FrameParser::new(),
             reader: None,
             tally: Tally::default(),
@@ -177,7 +192,8 @@ impl Decoder {
         while let Some(ev) = self.parser.next_event()? {
             match ev {
                 Event::Header { bytes, meta } => {
-                    self.reader = Some(ArchiveReader::new(bytes, meta, &self.key)?);
+                    self.reader =
+                        Some(ArchiveReader::with_aead(bytes, meta, &self.key, self.aead)?);
                 }
                 Event::Chunk(c) => {
                     let reader = self.reader.as_ref().expect("header comes first");

@@ -23,6 +23,50 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
+    pub const ALL: [ErrorCode; 15] = [
+        ErrorCode::NotAnArchive,
+        ErrorCode::UnsupportedVersion,
+        ErrorCode::CorruptHeader,
+        ErrorCode::KeyRequired,
+        ErrorCode::WrongKey,
+        ErrorCode::InvalidKey,
+        ErrorCode::Truncated,
+        ErrorCode::CorruptChunk,
+        ErrorCode::ForeignChunk,
+        ErrorCode::OutOfOrder,
+        ErrorCode::CorruptTrailer,
+        ErrorCode::ChecksumMismatch,
+        ErrorCode::TrailingData,
+        ErrorCode::InvalidParam,
+        ErrorCode::Catalog,
+    ];
+
+    /// The name used in the WIT `error-code` enum and in JSON reports
+    /// (`wrong-key`), the same whichever engine or runtime produced it.
+    pub fn name(self) -> &'static str {
+        match self {
+            ErrorCode::NotAnArchive => "not-an-archive",
+            ErrorCode::UnsupportedVersion => "unsupported-version",
+            ErrorCode::CorruptHeader => "corrupt-header",
+            ErrorCode::KeyRequired => "key-required",
+            ErrorCode::WrongKey => "wrong-key",
+            ErrorCode::InvalidKey => "invalid-key",
+            ErrorCode::Truncated => "truncated",
+            ErrorCode::CorruptChunk => "corrupt-chunk",
+            ErrorCode::ForeignChunk => "foreign-chunk",
+            ErrorCode::OutOfOrder => "out-of-order",
+            ErrorCode::CorruptTrailer => "corrupt-trailer",
+            ErrorCode::ChecksumMismatch => "checksum-mismatch",
+            ErrorCode::TrailingData => "trailing-data",
+            ErrorCode::InvalidParam => "invalid-param",
+            ErrorCode::Catalog => "catalog",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|c| c.name() == name)
+    }
+
     /// True when the archive bytes themselves are damaged or tampered with.
     pub fn is_damage(self) -> bool {
         matches!(
@@ -124,3 +168,16 @@ impl Error {
 }
 
 pub type Result<T, E = Error> = core::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::ErrorCode;
+
+    #[test]
+    fn error_code_names_round_trip() {
+        for c in ErrorCode::ALL {
+            assert_eq!(ErrorCode::from_name(c.name()), Some(c));
+        }
+        assert_eq!(ErrorCode::from_name("no-such-code"), None);
+    }
+}

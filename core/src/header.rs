@@ -255,7 +255,8 @@ pub fn header_len(prefix: &[u8]) -> Result<Option<usize>> {
     Ok(Some(fixed + meta_len + 4))
 }
 
-pub(crate) fn hex(bytes: &[u8]) -> String {
+/// Lowercase hex, as ids and digests are shown everywhere.
+pub fn hex(bytes: &[u8]) -> String {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
     let mut s = String::with_capacity(bytes.len() * 2);
     for b in bytes {

@@ -49,12 +49,20 @@ pub enum Command {
     Restore(RestoreArgs),
     /// List the backups in a destination.
     List(ListArgs),
-    /// Check backups without restoring them: every chunk is decoded inside a
-    /// WebAssembly sandbox (memory- and time-limited), every checksum
-    /// compared, then PRAGMA integrity_check is run on the result.
+    /// Check backups without restoring them, inside a WebAssembly sandbox.
+    ///
+    /// The sandboxed verifier (cairn-wasi: the decoder and SQLite compiled to
+    /// WebAssembly) sees only the archive's directory, read-only, under a
+    /// memory cap and a deadline. It checks every chunk and checksum, loads
+    /// the database into memory and runs PRAGMA integrity_check and
+    /// foreign_key_check; the host compares the result with the catalog.
     Verify(VerifyArgs),
     /// Generate a random 32-byte key for --key-file.
     Keygen(KeygenArgs),
+    /// Write out the sandboxed verifier, cairn-wasi.wasm, to run in any WASI
+    /// runtime: `wasmtime run --dir BACKUPS::/backup cairn-wasi.wasm verify
+    /// /backup/snapshots/ID.db.gz [--key-file /backup/KEY]`.
+    Verifier(VerifierArgs),
 }
 
 #[derive(Args, Debug)]
@@ -105,6 +113,10 @@ pub struct RestoreArgs {
     pub key: KeyArgs,
     #[arg(long, value_enum, default_value_t = EngineKind::Native)]
     pub engine: EngineKind,
+    /// Before writing anything, run the full check of `cairn verify` in the
+    /// sandbox (decode, checksums, integrity_check); restore only if it passes.
+    #[arg(long)]
+    pub verify_sandboxed: bool,
     #[command(flatten)]
     pub sandbox: SandboxArgs,
     #[command(flatten)]
@@ -132,6 +144,13 @@ pub struct VerifyArgs {
     /// Verify every backup in the catalog.
     #[arg(long)]
     pub all: bool,
+    /// Check inside the WebAssembly sandbox: decoder and SQLite both run in
+    /// the guest, which sees only the archive's directory, read-only (the default).
+    #[arg(long = "sandbox", overrides_with = "no_sandbox")]
+    pub in_sandbox: bool,
+    /// Check natively instead (only for storage you trust).
+    #[arg(long)]
+    pub no_sandbox: bool,
     #[command(flatten)]
     pub key: KeyArgs,
     #[command(flatten)]
@@ -144,6 +163,16 @@ pub struct VerifyArgs {
 }
 
 #[derive(Args, Debug)]
+pub struct VerifierArgs {
+    /// Where to write it.
+    #[arg(short, long, value_name = "PATH", default_value = "cairn-wasi.wasm")]
+    pub output: PathBuf,
+    /// Replace the file if it exists.
+    #[arg(long)]
+    pub force: bool,
+}
+
+#[derive(Args, Debug)]
 pub struct KeygenArgs {
     /// Write the key to this file (mode 0600; refuses to overwrite) instead of stdout.
     #[arg(short, long, value_name = "PATH")]
@@ -152,19 +181,32 @@ pub struct KeygenArgs {
 
 #[derive(Args, Debug)]
 pub struct SandboxArgs {
-    /// Memory cap for the WebAssembly sandbox, e.g. 256M.
-    #[arg(long, default_value = "256M", value_parser = parse_size, value_name = "SIZE")]
-    pub sandbox_memory: u64,
-    /// Longest any single call into the sandbox may run, in seconds.
-    #[arg(long, default_value_t = 60, value_name = "SECONDS")]
-    pub sandbox_timeout: u64,
+    /// Memory cap for the WebAssembly sandbox, e.g. 512M [default: 256M to
+    /// decode; to verify, the database's size plus 128M, at least 256M].
+    #[arg(long, value_parser = parse_size, value_name = "SIZE")]
+    pub sandbox_memory: Option<u64>,
+    /// Deadline in seconds [default: 60 per call to decode; to verify, 60
+    /// for the whole check plus 60 per GiB of database].
+    #[arg(long, value_name = "SECONDS")]
+    pub sandbox_timeout: Option<u64>,
+    /// Decrypt inside the sandbox too, instead of with the host's AES-GCM
+    /// (AES instructions); about 10x slower, for those who want no host
+    /// code at all on the archive's bytes.
+    #[arg(long)]
+    pub no_host_crypto: bool,
 }
 
 impl SandboxArgs {
-    fn limits(&self) -> Limits {
+    fn timeout(&self) -> Option<Duration> {
+        self.sandbox_timeout.map(|s| Duration::from_secs(s.max(1)))
+    }
+
+    /// Limits for decoding with `--engine wasm`.
+    fn decode_limits(&self) -> Limits {
+        let d = Limits::default();
         Limits {
-            memory: self.sandbox_memory as usize,
-            call_timeout: Duration::from_secs(self.sandbox_timeout.max(1)),
+            memory: self.sandbox_memory.map_or(d.memory, |m| m as usize),
+            call_timeout: self.timeout().unwrap_or(d.call_timeout),
         }
     }
 }
@@ -227,6 +269,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::List(a) => cmd_list(a),
         Command::Verify(a) => cmd_verify(a),
         Command::Keygen(a) => cmd_keygen(a),
+        Command::Verifier(a) => cmd_verifier(a),
     }
 }
 
@@ -279,14 +322,19 @@ fn cmd_backup(a: BackupArgs) -> Result<()> {
 }
 
 fn cmd_restore(a: RestoreArgs) -> Result<()> {
+    let key = a.key.load()?;
     let opts = restore::RestoreOptions {
         id: a.id,
         output: a.output,
         force: a.force,
         if_db_not_exists: a.if_db_not_exists,
-        key: a.key.load()?,
+        key: key.clone(),
         engine: a.engine,
-        limits: a.sandbox.limits(),
+        limits: a.sandbox.decode_limits(),
+        verify_sandboxed: a.verify_sandboxed.then(|| verify::VerifyOptions {
+            key,
+            ..verify_options(&a.sandbox, true)
+        }),
         progress: a.out.progress(),
     };
     let r = restore::run(&LocalDir::new(&a.dest), &opts)?;
@@ -358,9 +406,9 @@ fn cmd_verify(a: VerifyArgs) -> Result<()> {
         id: a.id,
         all: a.all,
         key: a.key.load()?,
-        limits: a.sandbox.limits(),
         temp_dir: temp_dir(&a.temp_dir),
         progress: a.out.progress(),
+        ..verify_options(&a.sandbox, !a.no_sandbox)
     };
     let results = verify::run(&LocalDir::new(&a.dest), &opts)?;
     let failed = results.iter().filter(|r| !r.ok).count();
@@ -370,9 +418,11 @@ fn cmd_verify(a: VerifyArgs) -> Result<()> {
         for r in &results {
             match &r.error {
                 None => println!(
-                    "ok      {}  {}  decoded in the sandbox, checksums and integrity_check ok ({:.2}s)",
+                    "ok      {}  {}  {}: checksums, integrity_check and foreign_key_check ok; {} ({:.2}s)",
                     r.id,
                     mib(r.size),
+                    if r.sandboxed { "checked in the sandbox" } else { "checked natively" },
+                    tables_summary(&r.tables),
                     r.seconds
                 ),
                 Some(e) => println!("FAILED  {}  {e}", r.id),
@@ -392,6 +442,51 @@ fn cmd_verify(a: VerifyArgs) -> Result<()> {
             first.error.as_deref().unwrap_or("")
         );
     }
+    Ok(())
+}
+
+/// Sandbox settings for a verify; the key, id and output are set by the caller.
+fn verify_options(s: &SandboxArgs, sandbox: bool) -> verify::VerifyOptions {
+    verify::VerifyOptions {
+        id: None,
+        all: false,
+        key: cairn_core::KeyMaterial::None,
+        sandbox,
+        host_crypto: !s.no_host_crypto,
+        memory: s.sandbox_memory,
+        timeout: s.timeout(),
+        temp_dir: std::env::temp_dir(),
+        progress: false,
+    }
+}
+
+fn tables_summary(tables: &[crate::verifier::Table]) -> String {
+    let rows: u64 = tables.iter().map(|t| t.rows).sum();
+    format!("{} tables, {rows} rows", tables.len())
+}
+
+fn cmd_verifier(a: VerifierArgs) -> Result<()> {
+    let out = &a.output;
+    if out.exists() && !a.force {
+        bail!("{} already exists; pass --force to replace it", out.display());
+    }
+    let dir = match out.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let mut tmp = tempfile::NamedTempFile::new_in(&dir)
+        .with_context(|| format!("cannot create a file in {}", dir.display()))?;
+    tmp.write_all(crate::verifier::PORTABLE)
+        .and_then(|_| tmp.as_file().sync_all())
+        .with_context(|| format!("cannot write {}", out.display()))?;
+    tmp.persist(out)
+        .map_err(|e| anyhow!("cannot write {}: {}", out.display(), e.error))?;
+    eprintln!(
+        "wrote {} ({}): run it with `wasmtime run --dir BACKUPS::/backup {} verify /backup/snapshots/ID.db.gz`",
+        a.output.display(),
+        mib(crate::verifier::PORTABLE.len() as u64),
+        a.output.display()
+    );
     Ok(())
 }
 

@@ -1,8 +1,9 @@
 // Shared by build.rs (through `include!`) and the library: a digest of every
-// input of the embedded component, so a test can tell a stale embed.
+// input of the embedded components, so a test can tell a stale embed.
 
-/// SHA-256 over the paths and contents of the WIT files, the core's sources
-/// and manifest, and the lock file, in sorted order.
+/// SHA-256 over the paths and contents of the WIT files, the core's and the
+/// verifier's (host-wasi) sources and manifests, and the lock file, in
+/// sorted order.
 pub fn component_source_hash(workspace: &std::path::Path) -> String {
     use sha2::{Digest, Sha256};
     fn walk(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
@@ -21,7 +22,9 @@ pub fn component_source_hash(workspace: &std::path::Path) -> String {
     let mut files = Vec::new();
     walk(&workspace.join("wit"), &mut files);
     walk(&workspace.join("core").join("src"), &mut files);
+    walk(&workspace.join("host-wasi").join("src"), &mut files);
     files.push(workspace.join("core").join("Cargo.toml"));
+    files.push(workspace.join("host-wasi").join("Cargo.toml"));
     files.push(workspace.join("Cargo.lock"));
     files.sort();
     let mut h = Sha256::new();

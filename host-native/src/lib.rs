@@ -18,6 +18,7 @@ pub mod restore;
 pub mod sandbox;
 pub mod snapshot;
 pub mod storage;
+pub mod verifier;
 pub mod verify;
 
 mod component_hash;

@@ -218,7 +218,8 @@ pub fn decode_native(
     let reader = Arc::new(ArchiveReader::new(header, meta.clone(), key)?);
     let n = workers();
     let (job_tx, job_rx) = sync_channel::<RawChunk>(n * 2);
-    let (res_tx, res_rx) = std::sync::mpsc::channel::<(u64, Item)>();
+    // Bounded too: a slow writer must hold back the workers, not buffer behind them.
+    let (res_tx, res_rx) = sync_channel::<(u64, Item)>(n * 2);
     let job_rx = shared(job_rx);
     let mut out = out;
 
@@ -292,7 +293,9 @@ pub fn decode_native(
         drop(res_tx);
         let mut tally = Tally::default();
         let mut pending = BTreeMap::new();
-        for (i, item) in res_rx.iter() {
+        // By value: an early return drops the receiver, so blocked workers see
+        // their send fail and stop (the scope joins them before returning).
+        for (i, item) in res_rx {
             pending.insert(i, item);
             while let Some(item) = pending.remove(&tally.chunks()) {
                 match item {

@@ -26,6 +26,8 @@ pub struct RestoreOptions {
     pub key: KeyMaterial,
     pub engine: EngineKind,
     pub limits: Limits,
+    /// Run the sandboxed verification first (`--verify-sandboxed`).
+    pub verify_sandboxed: Option<crate::verify::VerifyOptions>,
     pub progress: bool,
 }
 
@@ -37,6 +39,8 @@ pub struct RestoreReport {
     pub size: u64,
     pub sha256: Option<String>,
     pub engine: EngineKind,
+    /// The sandboxed verifier checked the backup before it was restored.
+    pub verified_in_sandbox: bool,
     pub seconds: f64,
 }
 
@@ -52,6 +56,7 @@ pub fn run(storage: &dyn Storage, opts: &RestoreOptions) -> Result<RestoreReport
             size: 0,
             sha256: None,
             engine: opts.engine,
+            verified_in_sandbox: false,
             seconds: 0.0,
         });
     }
@@ -65,6 +70,14 @@ pub fn run(storage: &dyn Storage, opts: &RestoreOptions) -> Result<RestoreReport
     let entry = catalog_store::resolve(storage, &catalog, opts.id.as_deref())?;
     let object = storage.describe(&entry.object);
     let dest = storage.describe("");
+    if let Some(v) = &opts.verify_sandboxed {
+        crate::verify::check_sandboxed(storage, &entry, v).map_err(|e| {
+            anyhow!(
+                "{e:#} (the sandboxed verification failed; nothing was written to {})",
+                out.display()
+            )
+        })?;
+    }
     let input = storage.open(&entry.object).map_err(|e| match e.kind() {
         std::io::ErrorKind::NotFound => {
             anyhow!("{object} is listed in the catalog but missing; use another backup with --id (see `cairn list {dest}`)")
@@ -141,6 +154,7 @@ pub fn run(storage: &dyn Storage, opts: &RestoreOptions) -> Result<RestoreReport
         size: decoded.plain_len,
         sha256: Some(hex::encode(decoded.plain_sha256)),
         engine: opts.engine,
+        verified_in_sandbox: opts.verify_sandboxed.is_some(),
         seconds: started.elapsed().as_secs_f64(),
     })
 }

@@ -52,6 +52,17 @@ pub struct State {
     limiter: MemoryCap,
 }
 
+impl State {
+    /// A guest's state: `wasi` is all it can reach, `memory` its cap.
+    pub(crate) fn new(wasi: WasiCtx, memory: usize, hit: Arc<AtomicBool>) -> Self {
+        State {
+            wasi,
+            table: ResourceTable::new(),
+            limiter: MemoryCap { max: memory, hit },
+        }
+    }
+}
+
 impl WasiView for State {
     fn ctx(&mut self) -> WasiCtxView<'_> {
         WasiCtxView {
@@ -112,7 +123,7 @@ impl Runtime {
         config.epoch_interruption(true);
         config.wasm_component_model(true);
         let engine = Engine::new(&config).map_err(|e| anyhow!("{e}"))?;
-        let component = load_component(&engine)?;
+        let component = load_component(&engine, COMPONENT, "cairn-core")?;
         let mut linker = Linker::<State>::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(|e| anyhow!("{e}"))?;
         let pre = linker
@@ -133,22 +144,29 @@ impl Runtime {
         Ok(Runtime { engine, pre })
     }
 
+    /// The engine every guest runs on; its epoch ticks every 50 ms.
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// A store for one guest, with its memory cap and deadline set.
+    pub(crate) fn store(
+        &self,
+        wasi: WasiCtx,
+        limits: Limits,
+        hit: Arc<AtomicBool>,
+    ) -> Store<State> {
+        let mut store = Store::new(&self.engine, State::new(wasi, limits.memory, hit));
+        store.limiter(|s| &mut s.limiter);
+        store.set_epoch_deadline(ticks(limits.call_timeout));
+        store
+    }
+
     /// A fresh, isolated instance.
     pub fn instance(&self, limits: Limits) -> Result<Guest> {
         let hit = Arc::new(AtomicBool::new(false));
         // No preopens, no inherited stdio, environment, arguments or network.
-        let wasi = WasiCtx::builder().build();
-        let state = State {
-            wasi,
-            table: ResourceTable::new(),
-            limiter: MemoryCap {
-                max: limits.memory,
-                hit: hit.clone(),
-            },
-        };
-        let mut store = Store::new(&self.engine, state);
-        store.limiter(|s| &mut s.limiter);
-        store.set_epoch_deadline(ticks(limits.call_timeout));
+        let mut store = self.store(WasiCtx::builder().build(), limits, hit.clone());
         let bindings = self
             .pre
             .instantiate(&mut store)
@@ -169,21 +187,22 @@ fn ticks(d: Duration) -> u64 {
 /// Compiled code cache: `$CAIRN_CACHE_DIR`, else `$XDG_CACHE_HOME/cairn`,
 /// else `~/.cache/cairn`. Keyed by the component's digest and the engine's
 /// compatibility hash (wasmtime version and settings); a cache that does not load is rebuilt.
-fn cache_path(engine: &Engine) -> Option<PathBuf> {
+fn cache_path(engine: &Engine, component: &[u8], name: &str) -> Option<PathBuf> {
     use sha2::{Digest, Sha256};
     use std::hash::{Hash, Hasher};
     let dir = std::env::var_os("CAIRN_CACHE_DIR")
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("XDG_CACHE_HOME").map(|d| PathBuf::from(d).join("cairn")))
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/cairn")))?;
-    let digest = hex::encode(&Sha256::digest(COMPONENT)[..12]);
+    let digest = hex::encode(&Sha256::digest(component)[..12]);
     let mut h = std::collections::hash_map::DefaultHasher::new();
     engine.precompile_compatibility_hash().hash(&mut h);
-    Some(dir.join(format!("cairn-core-{digest}-{:016x}.cwasm", h.finish())))
+    Some(dir.join(format!("{name}-{digest}-{:016x}.cwasm", h.finish())))
 }
 
-fn load_component(engine: &Engine) -> Result<Component> {
-    let path = cache_path(engine);
+/// Compiles `component`, or loads its compiled code from the cache.
+pub(crate) fn load_component(engine: &Engine, component: &[u8], name: &str) -> Result<Component> {
+    let path = cache_path(engine, component, name);
     if let Some(p) = &path
         && p.exists()
         // Safety: the file is ours, written below from a compile by this
@@ -193,8 +212,8 @@ fn load_component(engine: &Engine) -> Result<Component> {
         return Ok(c);
     }
     let bytes = engine
-        .precompile_component(COMPONENT)
-        .map_err(|e| anyhow!("compiling the core component: {e}"))?;
+        .precompile_component(component)
+        .map_err(|e| anyhow!("compiling the {name} component: {e}"))?;
     if let Some(p) = &path {
         // Best effort: a read-only home only costs a compile next time.
         let _ = std::fs::create_dir_all(p.parent().unwrap()).and_then(|_| {
@@ -205,11 +224,11 @@ fn load_component(engine: &Engine) -> Result<Component> {
     }
     // Safety: bytes were produced just now by this engine.
     unsafe { Component::deserialize(engine, &bytes) }
-        .map_err(|e| anyhow!("loading the core component: {e}"))
+        .map_err(|e| anyhow!("loading the {name} component: {e}"))
 }
 
 /// Turns a trap or host error from a guest call into a message a user can act on.
-fn classify(e: wasmtime::Error, hit: &AtomicBool, limits: Limits) -> anyhow::Error {
+pub(crate) fn classify(e: wasmtime::Error, hit: &AtomicBool, limits: Limits) -> anyhow::Error {
     if hit.load(Ordering::SeqCst) {
         return anyhow!(
             "the sandbox hit its memory limit of {} MiB: the archive asks for more memory than a valid one needs \

@@ -1,11 +1,14 @@
-//! `cairn verify`: decode every chunk inside the sandbox, check every
-//! checksum against the archive and the catalog, then integrity_check.
+//! `cairn verify`: check backups without restoring them. By default the
+//! whole check runs inside the sandboxed verifier (`cairn-wasi` in wasmtime,
+//! see verifier.rs): decoding, every checksum, then SQLite's
+//! integrity_check and foreign_key_check on the image, all in the guest.
+//! `--no-sandbox` does the same natively, for trusted storage or comparison.
 
 use std::io::BufWriter;
-use std::path::PathBuf;
-use std::time::Instant;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
-use anyhow::Result;
+use anyhow::{Context, Result, anyhow};
 use cairn_core::KeyMaterial;
 use cairn_core::catalog::Entry;
 use serde::Serialize;
@@ -13,16 +16,28 @@ use serde::Serialize;
 use crate::decode::{check_against_catalog, decode};
 use crate::engine::EngineKind;
 use crate::hints::archive_error;
+use crate::pipeline::Decoded;
 use crate::progress::Progress;
 use crate::sandbox::Limits;
 use crate::storage::Storage;
+use crate::verifier::{self, GUEST_DIR, Table};
 use crate::{catalog_store, snapshot};
+
+/// The same checks the sandboxed verifier runs, compiled natively.
+#[path = "../../host-wasi/src/checks.rs"]
+mod checks;
 
 pub struct VerifyOptions {
     pub id: Option<String>,
     pub all: bool,
     pub key: KeyMaterial,
-    pub limits: Limits,
+    /// Run the check inside the sandbox (the default) or natively.
+    pub sandbox: bool,
+    /// In the sandbox, let the host do AES-GCM (fast) or do it in wasm too.
+    pub host_crypto: bool,
+    /// Overrides of the sandbox limits sized to each database.
+    pub memory: Option<u64>,
+    pub timeout: Option<Duration>,
     pub temp_dir: PathBuf,
     pub progress: bool,
 }
@@ -33,8 +48,32 @@ pub struct VerifyResult {
     pub object: String,
     pub ok: bool,
     pub size: u64,
+    pub sandboxed: bool,
+    pub page_count: Option<u64>,
+    pub tables: Vec<Table>,
     pub error: Option<String>,
     pub seconds: f64,
+}
+
+/// What a check established about the database.
+#[derive(Default)]
+pub(crate) struct Checked {
+    page_count: Option<u64>,
+    tables: Vec<Table>,
+}
+
+/// Sandbox limits for a database of `plain` bytes: the image lives in the
+/// guest's memory, so the cap is its size plus room for the decoder, SQLite
+/// and a passphrase's Argon2id (at least 256 MiB; wasm32 stops at 4 GiB);
+/// the deadline allows a slow machine 60 s plus 60 s per GiB.
+pub fn sandbox_limits(plain: u64, memory: Option<u64>, timeout: Option<Duration>) -> Limits {
+    const MIB: u64 = 1 << 20;
+    let sized = (plain.div_ceil(MIB) * MIB + 128 * MIB).clamp(256 * MIB, 4 << 30);
+    Limits {
+        memory: memory.unwrap_or(sized) as usize,
+        call_timeout: timeout
+            .unwrap_or_else(|| Duration::from_secs(60 + 60 * plain.div_ceil(1 << 30))),
+    }
 }
 
 pub fn run(storage: &dyn Storage, opts: &VerifyOptions) -> Result<Vec<VerifyResult>> {
@@ -56,42 +95,158 @@ pub fn run(storage: &dyn Storage, opts: &VerifyOptions) -> Result<Vec<VerifyResu
 
 fn verify_one(storage: &dyn Storage, entry: &Entry, opts: &VerifyOptions) -> VerifyResult {
     let started = Instant::now();
-    let result = check(storage, entry, opts);
+    let result = if opts.sandbox {
+        check_sandboxed(storage, entry, opts)
+    } else {
+        check_native(storage, entry, opts)
+    };
+    let (checked, error) = match result {
+        Ok(c) => (c, None),
+        Err(e) => (Checked::default(), Some(format!("{e:#}"))),
+    };
     VerifyResult {
         id: entry.id.clone(),
         object: storage.describe(&entry.object),
-        ok: result.is_ok(),
+        ok: error.is_none(),
         size: entry.plain_size,
-        error: result.err().map(|e| format!("{e:#}")),
+        sandboxed: opts.sandbox,
+        page_count: checked.page_count,
+        tables: checked.tables,
+        error,
         seconds: started.elapsed().as_secs_f64(),
     }
 }
 
-fn check(storage: &dyn Storage, entry: &Entry, opts: &VerifyOptions) -> Result<()> {
+fn missing(storage: &dyn Storage, object: &str) -> anyhow::Error {
+    anyhow!(
+        "{object} is listed in the catalog but missing; use another backup with --id (see `cairn list {}`)",
+        storage.describe("")
+    )
+}
+
+/// The sandboxed check of one backup; `restore --verify-sandboxed` runs it
+/// before writing anything.
+pub(crate) fn check_sandboxed(
+    storage: &dyn Storage,
+    entry: &Entry,
+    opts: &VerifyOptions,
+) -> Result<Checked> {
     let object = storage.describe(&entry.object);
-    let input = storage
-        .open(&entry.object)
-        .map_err(|e| anyhow::anyhow!("cannot read {object}: {e}"))?;
+    // The guest reads the archive from the one directory it is given: the
+    // object's own, or a private copy when the storage is remote.
+    let mut _copy = None;
+    let path = match storage.local_path(&entry.object) {
+        Some(p) if p.is_file() => p,
+        Some(_) => return Err(missing(storage, &object)),
+        None => {
+            let dir = tempfile::Builder::new()
+                .prefix(".cairn-verify-")
+                .tempdir_in(&opts.temp_dir)
+                .with_context(|| {
+                    format!("cannot create a temporary directory in {}; set --temp-dir", opts.temp_dir.display())
+                })?;
+            let p = dir.path().join("archive");
+            let mut input = storage
+                .open(&entry.object)
+                .map_err(|e| anyhow!("cannot read {object}: {e}"))?;
+            let mut file = std::fs::File::create(&p)?;
+            std::io::copy(&mut input, &mut file)
+                .with_context(|| format!("cannot copy {object} to {}", p.display()))?;
+            _copy = Some(dir);
+            p
+        }
+    };
+    let (dir, name) = split(&path)?;
+    let report = verifier::run(&verifier::Request {
+        dir,
+        archive: &format!("{GUEST_DIR}/{name}"),
+        key: &opts.key,
+        expect_size: Some(entry.plain_size),
+        limits: sandbox_limits(entry.plain_size, opts.memory, opts.timeout),
+        portable: !opts.host_crypto,
+    })
+    .map_err(|e| anyhow!("{object}: {e:#}"))?;
+    let stage = report.error.as_ref().map(|f| f.stage.clone());
+    let report = report.into_result().map_err(|e| match stage.as_deref() {
+        Some("sqlite") => anyhow!(
+            "{object}: the archive decodes, but the database in it is not sound: {e}; use another backup with --id (see `cairn list {}`)",
+            storage.describe("")
+        ),
+        Some("decode") => archive_error(e, &object, &storage.describe("")),
+        _ => anyhow!("{object}: {e}"),
+    })?;
+    let field = |v: Option<String>, what: &str| {
+        v.ok_or_else(|| anyhow!("the sandboxed verifier's report lacks {what}"))
+    };
+    let hash = |v: Option<String>, what: &str| -> Result<[u8; 32]> {
+        let h = hex::decode(field(v, what)?)?;
+        crate::engine::sha256_array(&h)
+    };
+    let decoded = Decoded {
+        archive_id: field(report.archive_id, "the archive id")?,
+        plain_len: report.plain_len.unwrap_or_default(),
+        plain_sha256: hash(report.plain_sha256, "the database digest")?,
+        stored_len: report.stored_len.unwrap_or_default(),
+        stored_sha256: hash(report.stored_sha256, "the archive digest")?,
+    };
+    check_against_catalog(&decoded, entry, &object)?;
+    Ok(Checked {
+        page_count: report.page_count,
+        tables: report.tables,
+    })
+}
+
+fn split(path: &Path) -> Result<(&Path, String)> {
+    match (path.parent(), path.file_name()) {
+        (Some(dir), Some(name)) => Ok((dir, name.to_string_lossy().into_owned())),
+        _ => Err(anyhow!("{} is not a file in a directory", path.display())),
+    }
+}
+
+fn check_native(storage: &dyn Storage, entry: &Entry, opts: &VerifyOptions) -> Result<Checked> {
+    let object = storage.describe(&entry.object);
+    let input = storage.open(&entry.object).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => missing(storage, &object),
+        _ => anyhow!("cannot read {object}: {e}"),
+    })?;
     let tmp = tempfile::Builder::new()
         .prefix(".cairn-verify-")
         .tempfile_in(&opts.temp_dir)
         .map_err(|e| {
-            anyhow::anyhow!(
+            anyhow!(
                 "cannot create a temporary file in {} ({e}); set --temp-dir",
                 opts.temp_dir.display()
             )
         })?;
     let progress = Progress::bytes(opts.progress, entry.plain_size, "verify");
     let decoded = decode(
-        EngineKind::Wasm,
+        EngineKind::Native,
         input,
         &opts.key,
-        BufWriter::new(tmp.as_file()),
+        BufWriter::with_capacity(1 << 20, tmp.as_file()),
         &progress,
-        opts.limits,
+        Limits::default(),
     )
     .map_err(|e| archive_error(e, &object, &storage.describe("")))?;
     progress.finish();
     check_against_catalog(&decoded, entry, &object)?;
-    snapshot::integrity_check(tmp.path()).map_err(|e| anyhow::anyhow!("{object}: {e:#}"))
+    let conn = snapshot::open_immutable(tmp.path()).map_err(|e| anyhow!("{object}: {e:#}"))?;
+    let mut found = checks::Findings::default();
+    checks::run(&conn, &mut found).map_err(|e| {
+        anyhow!(
+            "{object}: the archive decodes, but the database in it is not sound: {e}; use another backup with --id (see `cairn list {}`)",
+            storage.describe("")
+        )
+    })?;
+    Ok(Checked {
+        page_count: found.page_count,
+        tables: found
+            .tables
+            .into_iter()
+            .map(|t| Table {
+                name: t.name,
+                rows: t.rows,
+            })
+            .collect(),
+    })
 }

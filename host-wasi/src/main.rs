@@ -1,27 +1,39 @@
-//! `cairn-wasi`: cairn's archive decoder as a WASI command. It reads an
-//! archive on stdin and writes the database to stdout, checking every chunk
-//! and the trailer; the report goes to stderr and any failure exits 1.
+//! `cairn-wasi`: cairn's restore verification as a WASI command. Given a
+//! preopened directory holding an archive, it decodes the archive with the
+//! core, loads the database image into SQLite compiled into this same
+//! module, and runs `PRAGMA integrity_check` and `foreign_key_check`. It can
+//! touch nothing but what the runtime grants it, so a hostile archive is
+//! contained by the runtime's sandbox.
 //!
-//!     wasmtime run --dir . cairn-wasi.wasm -- --key-file key.txt < backup.db.cairn > app.db
-//!
-//! The full sandboxed verifier (SQLite inside, integrity_check) builds on this.
+//!     wasmtime run --dir backups::/backup cairn-wasi.wasm verify /backup/snapshots/ID.db.gz
+//!     wasmtime run --dir backups::/backup cairn-wasi.wasm verify /backup/snapshots/ID.db.cairn --key-file /backup/key.txt
+//!     wasmtime run cairn-wasi.wasm decode < ID.db.gz > app.db
+
+mod args;
+mod checks;
+#[cfg(all(feature = "host-crypto", target_arch = "wasm32"))]
+mod host_crypto;
+mod inspect;
+mod report;
 
 use std::io::{Read, Write};
 
-use cairn_core::{Decoder, KeyMaterial, MasterKey};
+use cairn_core::chunk::AeadFactory;
+use cairn_core::{Decoder, KeyMaterial};
 
-fn run() -> Result<String, String> {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let key = match args.as_slice() {
-        [] => KeyMaterial::None,
-        [flag, path] if flag == "--key-file" => {
-            let text = std::fs::read_to_string(path)
-                .map_err(|e| format!("cannot read key file {path}: {e}"))?;
-            KeyMaterial::Key(MasterKey::parse(&text).map_err(|e| format!("key file {path}: {e}"))?)
-        }
-        _ => return Err("usage: cairn-wasi [--key-file PATH] < ARCHIVE > DATABASE".into()),
-    };
-    let mut dec = Decoder::new(key);
+use args::{Command, USAGE};
+use report::Report;
+
+/// The AES-GCM chunks are opened with: the host's when it lends one.
+fn aead() -> AeadFactory {
+    #[cfg(all(feature = "host-crypto", target_arch = "wasm32"))]
+    return host_crypto::aead;
+    #[cfg(not(all(feature = "host-crypto", target_arch = "wasm32")))]
+    cairn_core::chunk::soft_aead
+}
+
+fn decode(key: KeyMaterial) -> Result<String, String> {
+    let mut dec = Decoder::with_aead(key, aead());
     let (mut stdin, mut stdout) = (std::io::stdin().lock(), std::io::stdout().lock());
     let mut buf = vec![0u8; 256 << 10];
     loop {
@@ -44,19 +56,43 @@ fn run() -> Result<String, String> {
         s.meta.db_name,
         s.chunks,
         s.plain_len,
-        s.plain_sha256
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect::<String>()
+        cairn_core::header::hex(&s.plain_sha256)
     ))
 }
 
 fn main() {
-    match run() {
-        Ok(report) => eprintln!("{report}"),
+    let code = match args::parse(std::env::args().skip(1)) {
         Err(e) => {
-            eprintln!("error: {e}");
-            std::process::exit(1);
+            eprintln!("error: {e}\n\n{USAGE}");
+            2
         }
-    }
+        Ok(Command::Help) => {
+            println!("{USAGE}");
+            0
+        }
+        Ok(Command::Decode { key }) => match key.load().and_then(decode) {
+            Ok(summary) => {
+                eprintln!("{summary}");
+                0
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                1
+            }
+        },
+        Ok(Command::Verify {
+            archive,
+            key,
+            json,
+            expect_size,
+        }) => {
+            let report = match key.load() {
+                Ok(key) => inspect::verify(&archive, key, expect_size, aead()),
+                Err(e) => Report::failed(&archive, "key", None, e),
+            };
+            report.print(json);
+            if report.ok { 0 } else { 1 }
+        }
+    };
+    std::process::exit(code);
 }

@@ -60,6 +60,10 @@ impl Storage for LocalDir {
         self.root.join(key).display().to_string()
     }
 
+    fn local_path(&self, key: &str) -> Option<PathBuf> {
+        self.path(key).ok()
+    }
+
     fn open(&self, key: &str) -> io::Result<Box<dyn Read + Send>> {
         Ok(Box::new(File::open(self.path(key)?)?))
     }

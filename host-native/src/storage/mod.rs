@@ -25,6 +25,11 @@ pub trait Storage: Send + Sync {
     fn create(&self, key: &str) -> io::Result<Box<dyn ObjectWriter>>;
     /// Keys under a prefix.
     fn list(&self, prefix: &str) -> io::Result<Vec<String>>;
+    /// The object as a file on this machine, where the backend keeps it so
+    /// (the sandboxed verifier reads it in place); `None` means fetch it.
+    fn local_path(&self, _key: &str) -> Option<std::path::PathBuf> {
+        None
+    }
     /// Takes the destination's writer lock, waiting if another cairn holds it.
     fn lock(&self) -> io::Result<Box<dyn Send>>;
 

@@ -1,0 +1,671 @@
+#!/usr/bin/env python3
+"""cairn's benchmark against the tools people use today (issue 4).
+
+Run it through bench/run.sh, which builds cairn and installs the peers;
+bench/README.md says what is measured and how. Standard library only.
+"""
+
+import argparse
+import json
+import os
+import platform
+import re
+import shutil
+import sqlite3
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+GEN_VERSION = 1  # bump when the generated database changes: the cache key includes it
+MB = 1_000_000
+MiB = 1 << 20
+TIME = "/usr/bin/time"  # GNU time (Debian package `time`), for peak RSS
+
+
+def say(msg):
+    print(f"==> {msg}", file=sys.stderr, flush=True)
+
+
+class BenchError(Exception):
+    pass
+
+
+def parse_size(s):
+    m = re.fullmatch(r"\s*(\d+)\s*([KMG]?)(I?B)?\s*", s.upper())
+    if not m:
+        raise argparse.ArgumentTypeError(f"{s!r} is not a size like 20M or 1G")
+    return int(m.group(1)) * {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}[m.group(2)]
+
+
+def human(n):
+    for unit, f in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if n >= f:
+            return f"{n / f:.1f} {unit}"
+    return f"{n} B"
+
+
+# --------------------------------------------------------------------------
+# The database
+
+LOREM = (
+    "the quick brown fox jumps over the lazy dog while a customer reviews the order history "
+    "and support replies within two business days about shipping refunds warranty and account settings "
+    "please confirm your email address to continue the checkout process with saved payment methods "
+)
+
+# One batch of rows: monotonic timestamps, a skewed user id, a few enum-like
+# strings, numbers, e-mail addresses (repetitive), a random hex token and a
+# 48-byte random digest (incompressible), a slice of prose, and a JSON-ish
+# payload with repetitive keys and a random session id. gzip -6 gives ~40%.
+INSERT = """
+INSERT INTO events(created_at, user_id, kind, status, amount, email, token, digest, note, payload)
+WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < ?1),
+r(i, u, a, b) AS (SELECT i, abs(random()) % 200000, abs(random()), abs(random()) FROM n)
+SELECT 1700000000 + (?2 + i) * 3 + (a % 3), u,
+  rtrim(substr('login   logout  purchase refund  view    search  signup  error   ', 1 + 9 * (a % 8), 8)),
+  CASE WHEN b % 20 = 0 THEN 'failed' WHEN b % 7 = 0 THEN 'pending' ELSE 'ok' END,
+  round((b % 10000000) / 100.0, 2),
+  'user' || u || '@example.com',
+  hex(randomblob(20)),
+  randomblob(48),
+  substr(?3, 1 + (a % 200), 20 + (b % 60)),
+  '{"ip":"10.' || (a % 256) || '.' || (b % 256) || '.' || ((a / 256) % 256)
+    || '","ua":"Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36","ref":"https://shop.example.com/p/'
+    || (b % 50000) || '","session":"' || lower(hex(randomblob(8))) || '"}'
+FROM r
+"""
+
+INDEX_BYTES_PER_ROW = 24  # events_user_ts(user_id, created_at) + rowid, at the usual fill
+
+
+def generate_db(path, size):
+    tmp = path.with_suffix(".tmp")
+    for p in (tmp, Path(f"{tmp}-journal")):
+        p.unlink(missing_ok=True)
+    started = time.perf_counter()
+    c = sqlite3.connect(tmp, isolation_level=None)
+    c.executescript(
+        """PRAGMA page_size = 4096; PRAGMA journal_mode = OFF; PRAGMA synchronous = OFF;
+        PRAGMA cache_size = -65536;
+        CREATE TABLE events(id INTEGER PRIMARY KEY, created_at INTEGER NOT NULL,
+          user_id INTEGER NOT NULL, kind TEXT NOT NULL, status TEXT NOT NULL, amount REAL,
+          email TEXT, token TEXT, digest BLOB, note TEXT, payload TEXT);"""
+    )
+    rows = 0
+    batch = 5000
+    while True:
+        table = c.execute("PRAGMA page_count").fetchone()[0] * 4096
+        if table + rows * INDEX_BYTES_PER_ROW >= size:
+            break
+        c.execute(INSERT, (batch, rows, LOREM))
+        rows += batch
+        if rows % 500_000 == 0:
+            say(f"  {rows} rows, {human(table)}")
+    c.execute("CREATE INDEX events_user_ts ON events(user_id, created_at)")
+    c.execute("ANALYZE")
+    c.execute("PRAGMA journal_mode = WAL")  # how SQLite databases in service usually run
+    c.close()
+    os.replace(tmp, path)
+    say(f"generated {path} ({human(path.stat().st_size)}, {rows} rows) in {time.perf_counter() - started:.0f}s")
+
+
+def db_fingerprint(path):
+    """A cheap logical check that a restored database is the benchmark's."""
+    c = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        return list(c.execute("SELECT count(*), max(id), sum(user_id) FROM events").fetchone())
+    finally:
+        c.close()
+
+
+# --------------------------------------------------------------------------
+# Measuring
+
+
+class Sample:
+    def __init__(self, seconds, rss_kib, out_bytes=None, steps=None):
+        self.seconds = seconds
+        self.rss_kib = rss_kib
+        self.out_bytes = out_bytes
+        self.steps = steps or []
+
+
+def run_steps(steps, env=None, cwd=None):
+    """Runs commands one after the other, each a fresh child: wall time is the
+    sum, peak RSS the largest of the steps (GNU time's %M: ru_maxrss of that child).
+    A step is (argv, stdout_path_or_None, stdin_path_or_None)."""
+    total = 0.0
+    rss = 0
+    per = []
+    os.sync()  # earlier outputs are flushed before the clock starts, not during
+    for argv, out, inp in steps:
+        fout = open(out, "wb") if out else subprocess.DEVNULL
+        fin = open(inp, "rb") if inp else subprocess.DEVNULL
+        # GNU time forks the command from its own small process and reports
+        # its ru_maxrss. (wait4 on a child of this Python process would not do:
+        # exec records the forked parent's RSS as the child's high-water mark.)
+        rss_file = Path(os.environ.get("TMPDIR", "/tmp")) / f"cairn-bench-rss-{os.getpid()}"
+        t0 = time.perf_counter()
+        p = subprocess.Popen([TIME, "-f", "%M", "-o", rss_file, *argv],
+                             stdout=fout, stdin=fin, stderr=subprocess.PIPE, env=env, cwd=cwd)
+        err = p.stderr.read()
+        p.wait()
+        dt = time.perf_counter() - t0
+        p.stderr.close()
+        if out:
+            fout.close()
+        if inp:
+            fin.close()
+        if p.returncode != 0:
+            tail = err.decode(errors="replace").strip().splitlines()[-5:]
+            raise BenchError(f"`{' '.join(map(str, argv))}` failed (exit {p.returncode}):\n  " + "\n  ".join(tail))
+        kib = int(rss_file.read_text().split()[-1])
+        rss_file.unlink()
+        total += dt
+        rss = max(rss, kib)
+        per.append({"argv": [str(a) for a in argv], "seconds": dt, "rss_kib": kib})
+    return Sample(total, rss, steps=per)
+
+
+def dir_size(p):
+    p = Path(p)
+    if p.is_file():
+        return p.stat().st_size
+    return sum(f.stat().st_size for f in p.rglob("*") if f.is_file())
+
+
+def fresh(p):
+    p = Path(p)
+    if p.exists():
+        shutil.rmtree(p)
+    p.mkdir(parents=True)
+    return p
+
+
+# --------------------------------------------------------------------------
+# The operations
+
+
+class Bench:
+    def __init__(self, args, db, work):
+        self.a = args
+        self.db = db
+        self.size = db.stat().st_size
+        self.work = work
+        self.cairn = args.cairn
+        self.key = work / "cairn.key"
+        self.expected = db_fingerprint(db)
+        self.env = dict(os.environ)
+        self.env.pop("AWS_CA_BUNDLE", None)  # Litestream fails if it is set
+        self.env["RESTIC_PASSWORD"] = "cairn-bench"
+        self.litestream = which_litestream()
+        self.restore_inputs = {}
+        self.levels_used = {}
+
+    def check_restored(self, path, what):
+        got = db_fingerprint(path)
+        if got != self.expected:
+            raise BenchError(f"{what}: the restored database differs ({got} != {self.expected})")
+
+    # ---- cairn
+    def cairn_backup(self, rep_dir, name, level=None, encrypt=False, engine="native"):
+        dest = fresh(rep_dir / name)
+        argv = [self.cairn, "backup", self.db, dest, "-q", "--json", "--engine", engine,
+                "--temp-dir", self.work / "tmp"]
+        if level is not None:
+            argv += ["--level", str(level)]
+        if encrypt:
+            argv += ["--key-file", self.key]
+        out = rep_dir / f"{name}.json"
+        s = run_steps([(argv, out, None)], env=self.env)
+        rep = json.loads(out.read_text())
+        s.out_bytes = rep["stored_size"]
+        self.levels_used[name] = rep["compression"]
+        self.restore_inputs[name] = dest
+        return s
+
+    def cairn_restore(self, rep_dir, name, encrypt, engine):
+        dest = self.restore_inputs[name]
+        out = rep_dir / f"restore-{name}-{engine}.db"
+        argv = [self.cairn, "restore", dest, "-o", out, "-q", "--engine", engine]
+        if encrypt:
+            argv += ["--key-file", self.key]
+        s = run_steps([(argv, None, None)], env=self.env)
+        self.check_restored(out, f"cairn restore ({name}, {engine})")
+        s.out_bytes = out.stat().st_size
+        out.unlink()
+        return s
+
+    # ---- sqlite3 .backup + gzip / pigz
+    def sqlite_gzip(self, rep_dir, tool):
+        copy = rep_dir / f"{tool}.db"
+        gz = rep_dir / f"{tool}.db.gz"
+        s = run_steps([
+            (["sqlite3", self.db, f".backup '{copy}'"], None, None),
+            ([tool, "-6", "-c", copy], gz, None),
+        ])
+        copy.unlink()
+        s.out_bytes = gz.stat().st_size
+        self.restore_inputs[tool] = gz
+        return s
+
+    def gunzip(self, rep_dir, tool):
+        out = rep_dir / f"restore-{tool}.db"
+        s = run_steps([([tool, "-d", "-c"], out, self.restore_inputs[tool])])
+        self.check_restored(out, f"{tool} -d")
+        s.out_bytes = out.stat().st_size
+        out.unlink()
+        return s
+
+    # ---- restic
+    def restic_backup(self, rep_dir):
+        repo = rep_dir / "restic-repo"
+        env = dict(self.env, RESTIC_CACHE_DIR=str(rep_dir / "restic-cache"))
+        run_steps([(["restic", "init", "--repo", repo, "-q"], None, None)], env=env)  # not timed
+        s = run_steps([(["restic", "backup", "--repo", repo, "-q", self.db], None, None)], env=env)
+        s.out_bytes = dir_size(repo)
+        self.restore_inputs["restic"] = repo
+        return s
+
+    def restic_restore(self, rep_dir):
+        target = fresh(rep_dir / "restic-restore")
+        env = dict(self.env, RESTIC_CACHE_DIR=str(rep_dir / "restic-cache"))
+        s = run_steps([(["restic", "restore", "latest", "--repo", self.restore_inputs["restic"],
+                         "-q", "--target", target], None, None)], env=env)
+        out = target / self.db.relative_to(self.db.anchor)
+        self.check_restored(out, "restic restore")
+        s.out_bytes = out.stat().st_size
+        shutil.rmtree(target)
+        return s
+
+    # ---- Litestream
+    def litestream_sync(self, rep_dir):
+        d = fresh(rep_dir / "litestream")
+        db = d / "bench.db"
+        shutil.copyfile(self.db, db)  # Litestream writes to the database it watches: its own copy
+        replica = d / "replica"
+        cfg = d / "litestream.yml"
+        cfg.write_text(
+            f"dbs:\n  - path: {db}\n    replicas:\n      - type: file\n        path: {replica}\n"
+        )
+        # -once: one full sync of the database and its replica, then exit. The
+        # exit is the completion signal; the replica is then checked by restoring it.
+        s = run_steps([([self.litestream, "replicate", "-config", cfg, "-once"], None, None)], env=self.env)
+        ltx = list(replica.rglob("*.ltx"))
+        if not ltx:
+            raise BenchError(f"litestream replicate -once left no LTX file in {replica}")
+        s.out_bytes = dir_size(replica)
+        self.restore_inputs["litestream"] = replica
+        db.unlink()
+        return s
+
+    def litestream_restore(self, rep_dir):
+        out = rep_dir / "restore-litestream.db"
+        s = run_steps([([self.litestream, "restore", "-o", out,
+                         f"file://{self.restore_inputs['litestream']}"], None, None)], env=self.env)
+        self.check_restored(out, "litestream restore")
+        s.out_bytes = out.stat().st_size
+        out.unlink()
+        return s
+
+
+def which_litestream():
+    p = shutil.which("litestream")
+    if p:
+        return p
+    import sysconfig
+    cand = Path(sysconfig.get_path("scripts")) / "litestream"
+    return str(cand) if cand.exists() else None
+
+
+REF_BACKUP = "cairn compressed+encrypted (native)"
+REF_RESTORE = "cairn restore encrypted (native)"
+
+
+def operations(b, skip):
+    """(tool, label, kind, fn(rep_dir) -> Sample). Backups before restores."""
+    ops = []
+    cairn_kinds = [("plain", 0, False), ("compressed", None, False), ("compressed+encrypted", None, True)]
+    for engine in ("native", "wasm"):
+        for kind, level, enc in cairn_kinds:
+            name = f"cairn-{kind}-{engine}"
+            ops.append(("cairn", f"cairn {kind} ({engine})", "backup",
+                        lambda r, n=name, lv=level, e=enc, en=engine: b.cairn_backup(r, n, lv, e, en)))
+    for tool in ("gzip", "pigz"):
+        if tool not in skip:
+            ops.append((tool, f"sqlite3 .backup + {tool} -6", "backup", lambda r, t=tool: b.sqlite_gzip(r, t)))
+    if "restic" not in skip:
+        ops.append(("restic", "restic backup", "backup", b.restic_backup))
+    if "litestream" not in skip:
+        ops.append(("litestream", "litestream first sync", "backup", b.litestream_sync))
+    for engine in ("native", "wasm"):
+        for kind, _, enc in cairn_kinds:
+            name = f"cairn-{kind}-{engine}"
+            label = "encrypted" if kind == "compressed+encrypted" else kind
+            ops.append(("cairn", f"cairn restore {label} ({engine})", "restore",
+                        lambda r, n=name, e=enc, en=engine: b.cairn_restore(r, n, e, en)))
+    for tool in ("gzip", "pigz"):
+        if tool not in skip:
+            ops.append((tool, f"{tool} -d", "restore", lambda r, t=tool: b.gunzip(r, t)))
+    if "restic" not in skip:
+        ops.append(("restic", "restic restore", "restore", b.restic_restore))
+    if "litestream" not in skip:
+        ops.append(("litestream", "litestream restore", "restore", b.litestream_restore))
+    return ops
+
+
+# --------------------------------------------------------------------------
+# Reporting
+
+
+def summarize(label, tool, kind, samples, size):
+    t = statistics.median(s.seconds for s in samples)
+    out = statistics.median(s.out_bytes for s in samples) if samples[0].out_bytes is not None else None
+    return {
+        "tool": tool,
+        "op": label,
+        "kind": kind,
+        "median_s": t,
+        "mb_per_s": size / MB / t if t > 0 else None,
+        "output_bytes": out,
+        "output_pct_of_db": (100.0 * out / size) if (out is not None and kind == "backup") else None,
+        "peak_rss_mib": max(s.rss_kib for s in samples) / 1024,
+        "samples_s": [s.seconds for s in samples],
+        "steps": samples[-1].steps,
+    }
+
+
+def fmt(v, spec):
+    return "-" if v is None else format(v, spec)
+
+
+def print_table(rows, title):
+    head = ["tool", "op", "median s", "MB/s", "output", "% of db", "peak RSS MiB", "ratio"]
+    lines = []
+    for r in rows:
+        lines.append([
+            r["tool"], r["op"], fmt(r["median_s"], ".3f"), fmt(r["mb_per_s"], ".1f"),
+            "-" if r["output_bytes"] is None else human(r["output_bytes"]),
+            fmt(r["output_pct_of_db"], ".1f"), fmt(r["peak_rss_mib"], ".1f"), fmt(r.get("ratio"), ".2f"),
+        ])
+    widths = [max(len(h), *(len(l[i]) for l in lines)) for i, h in enumerate(head)]
+    print(f"\n{title}")
+    print("| " + " | ".join(h.ljust(w) for h, w in zip(head, widths)) + " |")
+    print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    for l in lines:
+        print("| " + " | ".join(
+            c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(l, widths))) + " |")
+
+
+def targets(rows, smoke):
+    by = {r["op"]: r for r in rows}
+    res = []
+
+    def t(name, ok, detail):
+        if ok is None:
+            res.append({"target": name, "status": "SKIP", "detail": detail})
+        else:
+            res.append({"target": name, "status": "PASS" if ok else "FAIL", "detail": detail})
+
+    ref = by.get(REF_BACKUP)
+    pigz = by.get("sqlite3 .backup + pigz -6")
+    gz = by.get("sqlite3 .backup + gzip -6")
+    ls = by.get("litestream first sync")
+    if ref and pigz:
+        r = pigz["median_s"] / ref["median_s"]
+        t("full backup >= 2x faster than .backup + pigz -6", r >= 2, f"{r:.2f}x")
+    else:
+        t("full backup >= 2x faster than .backup + pigz -6", None, "pigz skipped")
+    if ref and ls:
+        r = ls["median_s"] / ref["median_s"]
+        t("full backup >= 1.5x faster than Litestream first sync", r >= 1.5, f"{r:.2f}x")
+    else:
+        t("full backup >= 1.5x faster than Litestream first sync", None, "litestream skipped")
+    if ref and gz:
+        t("full backup output <= gzip -6 output", ref["output_bytes"] <= gz["output_bytes"],
+          f"{human(ref['output_bytes'])} vs {human(gz['output_bytes'])} "
+          f"({ref['output_pct_of_db']:.1f}% vs {gz['output_pct_of_db']:.1f}% of db)")
+    else:
+        t("full backup output <= gzip -6 output", None, "gzip skipped")
+    rref = by.get(REF_RESTORE)
+    lsr = by.get("litestream restore")
+    if rref and lsr:
+        r = lsr["median_s"] / rref["median_s"]
+        t("restore >= 5x faster than Litestream restore", r >= 5, f"{r:.2f}x")
+    else:
+        t("restore >= 5x faster than Litestream restore", None, "litestream skipped")
+    native = [r for r in rows if r["tool"] == "cairn" and "(native)" in r["op"]]
+    wasm = [r for r in rows if r["tool"] == "cairn" and "(wasm)" in r["op"]]
+    m = max(native, key=lambda r: r["peak_rss_mib"])
+    t("peak RSS of cairn <= 64 MiB (native engine)", m["peak_rss_mib"] <= 64,
+      f"{m['peak_rss_mib']:.1f} MiB max ({m['op']})")
+    m = max(wasm, key=lambda r: r["peak_rss_mib"])
+    t("peak RSS of cairn <= 64 MiB (--engine wasm)", m["peak_rss_mib"] <= 64,
+      f"{m['peak_rss_mib']:.1f} MiB max ({m['op']})")
+    cn, cw = by["cairn compressed (native)"], by["cairn compressed (wasm)"]
+    r = cw["median_s"] / cn["median_s"]
+    t("--engine wasm within 1.5x of native for compression", r <= 1.5, f"wasm/native = {r:.2f}")
+    ew = by["cairn compressed+encrypted (wasm)"]
+    r = ew["median_s"] / ref["median_s"]
+    res.append({"target": "full pipeline wasm/native (reported, no target)", "status": "INFO",
+                "detail": f"wasm/native = {r:.2f}"})
+    rw = by["cairn restore encrypted (wasm)"]
+    r = rw["median_s"] / rref["median_s"]
+    res.append({"target": "restore wasm/native, encrypted (reported, no target)", "status": "INFO",
+                "detail": f"wasm/native = {r:.2f}"})
+    return res
+
+
+def machine_info():
+    cpu = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"cores": os.cpu_count(), "cpu": cpu, "kernel": platform.release(),
+            "mem_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / (1 << 30), 1)}
+
+
+def versions(b, skip):
+    v = {}
+
+    def cmd(name, argv):
+        try:
+            v[name] = subprocess.run(argv, capture_output=True, text=True, check=True).stdout.strip().splitlines()[0]
+        except Exception as e:  # noqa: BLE001 - reported, not fatal
+            v[name] = f"unknown ({e})"
+
+    cmd("cairn", [b.cairn, "--version"])
+    cmd("sqlite3", ["sqlite3", "--version"])
+    cmd("gzip", ["gzip", "--version"])
+    if "pigz" not in skip:
+        cmd("pigz", ["pigz", "--version"])
+    if "restic" not in skip:
+        cmd("restic", ["restic", "version"])
+    if "litestream" not in skip:
+        cmd("litestream", [b.litestream, "version"])
+    return v
+
+
+def check_well_formed(rows, levels, expected_ops):
+    bad = []
+    got = {r["op"] for r in rows}
+    for op in expected_ops:
+        if op not in got:
+            bad.append(f"missing row: {op}")
+    for r in rows + levels:
+        for k in ("median_s", "mb_per_s", "output_bytes", "peak_rss_mib"):
+            v = r.get(k)
+            if not isinstance(v, (int, float)) or v != v or v <= 0:
+                bad.append(f"{r['op']}: {k} is {v!r}")
+        if r.get("kind") == "backup" and not isinstance(r.get("output_pct_of_db"), float):
+            bad.append(f"{r['op']}: no % of db")
+        if "ratio" in r and not isinstance(r["ratio"], float) and not ("level" in r and r["ratio"] is None):
+            bad.append(f"{r['op']}: no ratio")
+    if bad:
+        raise BenchError("the table is not well-formed:\n  " + "\n  ".join(bad))
+
+
+# --------------------------------------------------------------------------
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--cairn", required=True, help="the cairn binary")
+    ap.add_argument("--size", type=parse_size, default=1 << 30, help="database size (default 1G)")
+    ap.add_argument("--reps", type=int, default=3, help="timed repetitions, median reported (default 3)")
+    ap.add_argument("--warmup", type=int, default=1, help="untimed rounds first (default 1)")
+    ap.add_argument("--levels", default="1,3,6,9", help="cairn levels for the curve (default 1,3,6,9; '' for none)")
+    ap.add_argument("--skip", default="", help="peers to leave out: gzip,pigz,restic,litestream")
+    ap.add_argument("--cache-dir", type=Path,
+                    default=Path(os.environ.get("CAIRN_BENCH_CACHE", Path.home() / ".cache" / "cairn-bench")))
+    ap.add_argument("--json", type=Path, help="write the whole result here (default CACHE/last-SIZE.json)")
+    ap.add_argument("--smoke", action="store_true",
+                    help="a quick run for CI: 20M, 1 rep, no warm-up, levels 1,9; checks the table is well-formed")
+    a = ap.parse_args()
+    explicit = {x.split("=")[0] for x in sys.argv[1:] if x.startswith("--")}
+    if a.smoke:
+        if "--size" not in explicit:
+            a.size = 20 << 20
+        if "--reps" not in explicit:
+            a.reps = 1
+        if "--warmup" not in explicit:
+            a.warmup = 0
+        if "--levels" not in explicit:
+            a.levels = "1,9"
+    skip = {s.strip() for s in a.skip.split(",") if s.strip()}
+    unknown = skip - {"gzip", "pigz", "restic", "litestream"}
+    if unknown:
+        ap.error(f"--skip: unknown peer(s) {', '.join(sorted(unknown))}")
+    levels = [int(x) for x in a.levels.split(",") if x.strip()]
+    a.cairn = str(Path(a.cairn).resolve())
+
+    try:
+        return run(a, skip, levels)
+    except BenchError as e:
+        print(f"bench: FAILED: {e}", file=sys.stderr)
+        return 1
+
+
+def run(a, skip, levels):
+    a.cache_dir.mkdir(parents=True, exist_ok=True)
+    db = a.cache_dir / f"bench-v{GEN_VERSION}-{a.size}.db"
+    if db.exists():
+        say(f"using the cached database {db} ({human(db.stat().st_size)})")
+    else:
+        say(f"generating a {human(a.size)} database at {db} (cached for later runs)")
+        generate_db(db, a.size)
+    work = fresh(a.cache_dir / f"work-{os.getpid()}")  # runs may overlap: each its own
+    (work / "tmp").mkdir()
+    b = Bench(a, db, work)
+    if "litestream" not in skip and not b.litestream:
+        raise BenchError("litestream is not installed (bench/run.sh installs it); or pass --skip litestream")
+    if not os.access(TIME, os.X_OK):
+        raise BenchError(f"{TIME} (GNU time, Debian package `time`) is missing: bench/run.sh installs it")
+    for tool in ("gzip", "pigz", "restic", "sqlite3"):
+        if tool not in skip and not shutil.which(tool):
+            raise BenchError(f"{tool} is not installed (bench/run.sh installs it); or pass --skip {tool}")
+    run_steps([([a.cairn, "keygen", "-o", b.key], None, None)])
+    ops = operations(b, skip)
+    size = b.size
+    say(f"database {human(size)}; {len(ops)} operations x ({a.warmup} warm-up + {a.reps} timed) rounds")
+
+    # Read the database once so every tool starts from the same warm page cache.
+    with open(db, "rb") as f:
+        while f.read(8 << 20):
+            pass
+    samples = {op[1]: [] for op in ops}
+    lvl_samples = {lv: [] for lv in levels}
+    rounds = a.warmup + a.reps
+    for rnd in range(rounds):
+        timed = rnd >= a.warmup
+        say(f"round {rnd + 1}/{rounds}" + ("" if timed else " (warm-up, not counted)"))
+        rep_dir = fresh(work / "rep")
+        for tool, label, kind, fn in ops:
+            s = fn(rep_dir)
+            say(f"  {label}: {s.seconds:.2f}s, {s.rss_kib / 1024:.0f} MiB")
+            if timed:
+                samples[label].append(s)
+        if timed:
+            for lv in levels:
+                s = b.cairn_backup(rep_dir, f"level-{lv}", level=lv, encrypt=True)
+                say(f"  cairn --level {lv} (encrypted): {s.seconds:.2f}s, {human(s.out_bytes)}")
+                lvl_samples[lv].append(s)
+                shutil.rmtree(rep_dir / f"level-{lv}")
+        shutil.rmtree(rep_dir)
+
+    rows = [summarize(label, tool, kind, samples[label], size) for tool, label, kind, _ in ops]
+    by = {r["op"]: r for r in rows}
+    # .backup alone, from the first step of the gzip and pigz runs
+    snap = [st[0]["seconds"] for op in ("sqlite3 .backup + gzip -6", "sqlite3 .backup + pigz -6")
+            if op in samples for st in (s.steps for s in samples[op])]
+    for r in rows:
+        ref = by[REF_BACKUP] if r["kind"] == "backup" else by[REF_RESTORE]
+        r["ratio"] = r["median_s"] / ref["median_s"]
+    lv_rows = []
+    pigz = by.get("sqlite3 .backup + pigz -6")
+    gz = by.get("sqlite3 .backup + gzip -6")
+    for lv in levels:
+        r = summarize(f"cairn --level {lv} (encrypted, native)", "cairn", "backup", lvl_samples[lv], size)
+        r["level"] = lv
+        r["ratio"] = (pigz["median_s"] / r["median_s"]) if pigz else None
+        r["le_gzip6"] = (r["output_bytes"] <= gz["output_bytes"]) if gz else None
+        lv_rows.append(r)
+
+    default_level = b.levels_used.get("cairn-compressed-native", "?")
+    title = (f"cairn benchmark: database {human(size)} ({size} bytes), {a.reps} timed rep(s) after "
+             f"{a.warmup} warm-up, medians; {machine_info()['cores']} cores. MB = 10^6 bytes.\n"
+             f"ratio = this op's time / cairn's (backup: '{REF_BACKUP}', restore: '{REF_RESTORE}'); "
+             f"for a peer, ratio > 1 means cairn is faster. cairn compressed = {default_level}.")
+    print_table(rows, title)
+    if snap:
+        print(f"(of which sqlite3 .backup alone: median {statistics.median(snap):.3f}s)")
+    if lv_rows:
+        print("\nLevel curve: cairn backup --level N --key-file (native). ratio = pigz -6 time / this.")
+        head = ["level", "median s", "MB/s", "output", "% of db", "<= gzip -6", "ratio vs pigz", "peak RSS MiB"]
+        body = [[str(r["level"]), f"{r['median_s']:.3f}", f"{r['mb_per_s']:.1f}", human(r["output_bytes"]),
+                 f"{r['output_pct_of_db']:.1f}", {True: "yes", False: "no", None: "-"}[r["le_gzip6"]],
+                 fmt(r["ratio"], ".2f"), f"{r['peak_rss_mib']:.1f}"] for r in lv_rows]
+        w = [max(len(h), *(len(x[i]) for x in body)) for i, h in enumerate(head)]
+        print("| " + " | ".join(h.ljust(x) for h, x in zip(head, w)) + " |")
+        print("|" + "|".join("-" * (x + 2) for x in w) + "|")
+        for x in body:
+            print("| " + " | ".join(c.rjust(k) for c, k in zip(x, w)) + " |")
+    tg = targets(rows, a.smoke)
+    print(f"\nTargets (issue 4){' — smoke run: informative only at this size' if a.smoke else ''}:")
+    for x in tg:
+        print(f"  {x['status']:4}  {x['target']}: {x['detail']}")
+
+    result = {
+        "generated_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "machine": machine_info(),
+        "versions": versions(b, skip),
+        "database": {"path": str(db), "bytes": size, "rows": b.expected[0]},
+        "settings": {"reps": a.reps, "warmup": a.warmup, "levels": levels, "skip": sorted(skip), "smoke": a.smoke},
+        "notes": ["MB = 10^6 bytes; MB/s = database size / median time",
+                  "multi-step ops (.backup then gzip) report the sum of times and the max of peak RSS",
+                  "peak RSS is ru_maxrss of each command, measured by GNU time (%M)",
+                  "cairn fsyncs its archive and catalog; gzip/pigz do not fsync"],
+        "rows": rows,
+        "sqlite_backup_alone_median_s": statistics.median(snap) if snap else None,
+        "levels": lv_rows,
+        "targets": tg,
+    }
+    out = a.json or (a.cache_dir / f"last-{size}.json")
+    out.write_text(json.dumps(result, indent=2))
+    say(f"wrote {out}")
+    if a.smoke:
+        expected = [op[1] for op in ops]
+        check_well_formed(rows, lv_rows, expected)
+        say(f"smoke: {len(rows)} rows and {len(lv_rows)} levels, all well-formed")
+    shutil.rmtree(work)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
