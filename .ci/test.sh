@@ -13,6 +13,7 @@ cargo fmt --all --check
 say "cargo clippy (native and wasm32-wasip2)"
 cargo clippy --release --locked --workspace --all-targets -- -D warnings
 cargo clippy --release --locked --target wasm32-wasip2 -p cairn-core -p cairn-wasi -- -D warnings
+cargo clippy --release --locked --target wasm32-wasip2 -p cairn-wasi --features host-crypto -- -D warnings
 
 say "building cairn and cairn-wasi"
 # The e2e tests run the cairn binary, which `cargo test` alone does not rebuild.

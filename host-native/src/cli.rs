@@ -421,7 +421,11 @@ fn cmd_verify(a: VerifyArgs) -> Result<()> {
                     "ok      {}  {}  {}: checksums, integrity_check and foreign_key_check ok; {} ({:.2}s)",
                     r.id,
                     mib(r.size),
-                    if r.sandboxed { "checked in the sandbox" } else { "checked natively" },
+                    if r.sandboxed {
+                        "checked in the sandbox"
+                    } else {
+                        "checked natively"
+                    },
                     tables_summary(&r.tables),
                     r.seconds
                 ),
@@ -468,7 +472,10 @@ fn tables_summary(tables: &[crate::verifier::Table]) -> String {
 fn cmd_verifier(a: VerifierArgs) -> Result<()> {
     let out = &a.output;
     if out.exists() && !a.force {
-        bail!("{} already exists; pass --force to replace it", out.display());
+        bail!(
+            "{} already exists; pass --force to replace it",
+            out.display()
+        );
     }
     let dir = match out.parent() {
         Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),

@@ -143,7 +143,10 @@ pub(crate) fn check_sandboxed(
                 .prefix(".cairn-verify-")
                 .tempdir_in(&opts.temp_dir)
                 .with_context(|| {
-                    format!("cannot create a temporary directory in {}; set --temp-dir", opts.temp_dir.display())
+                    format!(
+                        "cannot create a temporary directory in {}; set --temp-dir",
+                        opts.temp_dir.display()
+                    )
                 })?;
             let p = dir.path().join("archive");
             let mut input = storage

@@ -41,11 +41,17 @@ fn a_good_archive_passes_in_the_sandbox_plain_with_key_and_with_passphrase() {
         let key = backup(&s, how);
         let v = verify_json(&s, &key);
         assert_eq!(v["ok"], true, "{how}: {v}");
-        assert_eq!(v["sandboxed"], true, "verify runs in the sandbox by default");
+        assert_eq!(
+            v["sandboxed"], true,
+            "verify runs in the sandbox by default"
+        );
         assert_eq!(v["tables"][0]["name"], "items", "{v}");
         assert_eq!(v["tables"][0]["rows"], ROWS as u64, "{v}");
         let pages = v["page_count"].as_u64().unwrap();
-        assert_eq!(pages * 4096, std::fs::metadata(s.path("app.db")).unwrap().len());
+        assert_eq!(
+            pages * 4096,
+            std::fs::metadata(s.path("app.db")).unwrap().len()
+        );
 
         // AES-GCM in wasm instead of the host's, and no sandbox at all: the
         // same findings.
@@ -78,8 +84,7 @@ fn make_corrupt_db(s: &Scratch) {
 }
 
 #[test]
-fn a_corrupt_database_in_a_sound_encrypted_archive_is_caught_by_integrity_check_in_the_sandbox()
-{
+fn a_corrupt_database_in_a_sound_encrypted_archive_is_caught_by_integrity_check_in_the_sandbox() {
     let s = Scratch::new();
     make_corrupt_db(&s);
     let key = backup(&s, "key");
@@ -95,7 +100,8 @@ fn a_corrupt_database_in_a_sound_encrypted_archive_is_caught_by_integrity_check_
     ]);
     // Natively the same verdict, from the same checks.
     args.push("--no-sandbox");
-    s.run(&args).fails_with(&[&object, "not sound", "items_name"]);
+    s.run(&args)
+        .fails_with(&[&object, "not sound", "items_name"]);
 }
 
 #[test]
@@ -112,7 +118,10 @@ fn restore_verify_sandboxed_checks_before_writing_anything() {
         .into_iter()
         .filter(|f| f.contains("cairn-restore") || f.contains("cairn-verify"))
         .collect();
-    assert!(leftovers.is_empty(), "temp files left behind: {leftovers:?}");
+    assert!(
+        leftovers.is_empty(),
+        "temp files left behind: {leftovers:?}"
+    );
 
     // A sound backup restores, and the report says it was checked first.
     let s = Scratch::new();
@@ -178,14 +187,8 @@ fn a_slow_archive_is_stopped_by_the_sandbox_deadline() {
     let s = Scratch::new();
     let object = plant_bomb(&s, 512 << 20);
     let started = std::time::Instant::now();
-    s.run(&[
-        "verify",
-        "--sandbox-timeout",
-        "1",
-        "--sandbox-memory",
-        "1G",
-    ])
-    .fails_with(&[&object, "longer than 1 s", "--sandbox-timeout"]);
+    s.run(&["verify", "--sandbox-timeout", "1", "--sandbox-memory", "1G"])
+        .fails_with(&[&object, "longer than 1 s", "--sandbox-timeout"]);
     assert!(started.elapsed() < std::time::Duration::from_secs(30));
 }
 
@@ -268,9 +271,13 @@ fn cairn_wasi_runs_under_the_wasmtime_cli() {
     std::fs::copy(s.path("k.key"), s.path("backups/k.key")).unwrap();
     let object = s.latest_object("backups");
     s.run(&["verifier", "-o", "cairn-wasi.wasm"]).ok();
-    s.run(&["verifier", "-o", "cairn-wasi.wasm"])
-        .fails_with(&["cairn-wasi.wasm", "exists", "--force"]);
-    s.run(&["verifier", "-o", "cairn-wasi.wasm", "--force"]).ok();
+    s.run(&["verifier", "-o", "cairn-wasi.wasm"]).fails_with(&[
+        "cairn-wasi.wasm",
+        "exists",
+        "--force",
+    ]);
+    s.run(&["verifier", "-o", "cairn-wasi.wasm", "--force"])
+        .ok();
 
     let wasmtime_run = |args: &[&str], stdin: &str| {
         use std::io::Write;
@@ -315,7 +322,12 @@ fn cairn_wasi_runs_under_the_wasmtime_cli() {
     std::fs::write(s.path(&format!("backups/{object}")), &bytes).unwrap();
     let r = wasmtime_run(&["verify", &archive, "--key-file", "/backup/k.key"], "");
     assert_eq!(r.code, 1, "{}{}", r.stdout, r.stderr);
-    assert!(r.stderr.contains("is corrupted"), "{}{}", r.stdout, r.stderr);
+    assert!(
+        r.stderr.contains("is corrupted"),
+        "{}{}",
+        r.stdout,
+        r.stderr
+    );
 
     // Nothing outside the --dir is visible to it.
     let r = wasmtime_run(&["verify", "/backup/../app.db"], "");
