@@ -7,8 +7,9 @@
 //!   which `cairn verify` runs.
 //!
 //! The nested builds use their own target directory (sharing the outer one
-//! would deadlock on cargo's lock). SQLite is C, so the verifier needs a C
-//! compiler for wasm32-wasip2: Debian's clang-19 and wasi-libc, wired here.
+//! would deadlock on cargo's lock). libdeflate (in the core) and SQLite (in
+//! the verifier) are C, so they need a C compiler for wasm32-wasip2:
+//! Debian's clang-19 and wasi-libc, wired here.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -46,13 +47,14 @@ fn main() {
         .unwrap_or_else(|| out_dir.ancestors().nth(4).unwrap().join("cairn-component"));
     let built = target_dir.join(TARGET).join("release");
 
-    nested_build(&workspace, &target_dir, &["-p", "cairn-core", "--lib"], &[]);
+    // libdeflate (core) and SQLite (verifier) are C: both need the wasm C toolchain.
+    let cc = wasi_c_toolchain(&target_dir);
+    nested_build(&workspace, &target_dir, &["-p", "cairn-core", "--lib"], &cc);
     copy(
         &built.join("cairn_core.wasm"),
         &out_dir.join("cairn_core.wasm"),
     );
 
-    let cc = wasi_c_toolchain(&target_dir);
     let verifier = ["-p", "cairn-wasi", "--bin", "cairn-wasi"];
     nested_build(&workspace, &target_dir, &verifier, &cc);
     copy(

@@ -240,7 +240,10 @@ fn a_deflate_bomb_cannot_exceed_one_chunk() {
     // A hand-made gzip member claiming a small chunk but inflating to more.
     let p = params(9, false);
     let w = cairn_core::ArchiveWriter::new(p.clone()).unwrap();
-    let bomb = miniz_oxide::deflate::compress_to_vec(&vec![0u8; 10 * CHUNK as usize], 9);
+    let bomb = cairn_core::chunk::deflate(
+        &vec![0u8; 10 * CHUNK as usize],
+        cairn_core::Compression::Deflate { level: 9 },
+    );
     let ck = cairn_core::frame::ck_payload(&p.archive_id, 0, bomb.len() as u32, CHUNK);
     let mut member = cairn_core::frame::gzip_member_head(*b"CK", &ck);
     member.extend_from_slice(&bomb);
