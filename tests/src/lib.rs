@@ -236,3 +236,35 @@ pub fn swap_frames(archive: &[u8], offs: &[usize], a: usize, b: usize) -> Vec<u8
 }
 
 pub const TEST_KEY: &str = "8f1c3b5e7a9d2f4c6b8e0a1d3f5c7e9b2d4f6a8c0e1b3d5f7a9c2e4b6d8f0a1c";
+
+/// Replaces the object of the latest backup in `./backups` with a hostile
+/// archive made by the core itself: `encryption` as given, `pieces` as the
+/// plaintext. The catalog keeps describing the backup it replaced, so the
+/// archive is judged on its own bytes. Returns the object key.
+pub fn plant_archive<'a>(
+    s: &Scratch,
+    db_name: &str,
+    level: u8,
+    encryption: Option<cairn_core::encoder::EncryptionParams>,
+    pieces: impl IntoIterator<Item = &'a [u8]>,
+) -> String {
+    let mut enc = cairn_core::Encoder::new(cairn_core::WriterParams {
+        archive_id: [0x66; 16],
+        source: cairn_core::SourceKind::Sqlite,
+        db_name: db_name.into(),
+        created_at_ms: 0,
+        page_size: 4096,
+        chunk_size: 1 << 20,
+        compression: cairn_core::Compression::Deflate { level },
+        encryption,
+    })
+    .unwrap();
+    let mut bytes = Vec::new();
+    for p in pieces {
+        bytes.extend(enc.push(p).unwrap());
+    }
+    bytes.extend(enc.finish().unwrap().0);
+    let object = s.latest_object("backups");
+    std::fs::write(s.path(&format!("backups/{object}")), &bytes).unwrap();
+    object
+}

@@ -316,33 +316,20 @@ fn a_missing_object_and_unknown_id() {
 /// Argon2id with `m_cost_kib` of memory and `t_cost` passes; returns its key.
 fn plant_hostile_kdf_archive(s: &Scratch, m_cost_kib: u32, t_cost: u32) -> String {
     use cairn_core::encoder::EncryptionParams;
-    use cairn_core::{Compression, Kdf, MasterKey, SourceKind, WriterParams};
+    use cairn_core::{Kdf, MasterKey};
     small_backup(s, false);
-    let params = WriterParams {
-        archive_id: [0x66; 16],
-        source: SourceKind::Sqlite,
-        db_name: "evil.db".into(),
-        created_at_ms: 0,
-        page_size: 4096,
-        chunk_size: 1 << 20,
-        compression: Compression::Deflate { level: 1 },
-        encryption: Some(EncryptionParams {
-            master: MasterKey([1; 32]),
-            kdf: Kdf::Argon2id {
-                m_cost_kib,
-                t_cost,
-                p_cost: 1,
-                salt: [2; 16],
-            },
-            salt: [3; 32],
-        }),
+    let encryption = EncryptionParams {
+        master: MasterKey([1; 32]),
+        kdf: Kdf::Argon2id {
+            m_cost_kib,
+            t_cost,
+            p_cost: 1,
+            salt: [2; 16],
+        },
+        salt: [3; 32],
     };
-    let mut enc = cairn_core::Encoder::new(params).unwrap();
-    let mut bytes = enc.push(&s.read("app.db")).unwrap();
-    bytes.extend(enc.finish().unwrap().0);
-    let object = s.latest_object("backups");
-    std::fs::write(s.path(&format!("backups/{object}")), &bytes).unwrap();
-    object
+    let db = s.read("app.db");
+    plant_archive(s, "evil.db", 1, Some(encryption), [db.as_slice()])
 }
 
 #[test]

@@ -145,28 +145,10 @@ fn restore_verify_sandboxed_checks_before_writing_anything() {
 /// bytes (a few hundred KiB stored) while the catalog still promises a small
 /// database: a decompression bomb.
 fn plant_bomb(s: &Scratch, len: usize) -> String {
-    use cairn_core::{Compression, SourceKind, WriterParams};
     backup(s, "plain");
-    let mut enc = cairn_core::Encoder::new(WriterParams {
-        archive_id: [0x77; 16],
-        source: SourceKind::Sqlite,
-        db_name: "bomb.db".into(),
-        created_at_ms: 0,
-        page_size: 4096,
-        chunk_size: 1 << 20,
-        compression: Compression::Deflate { level: 9 },
-        encryption: None,
-    })
-    .unwrap();
     let zeros = vec![0u8; 1 << 20];
-    let mut bytes = Vec::new();
-    for _ in 0..len >> 20 {
-        bytes.extend(enc.push(&zeros).unwrap());
-    }
-    bytes.extend(enc.finish().unwrap().0);
-    let object = s.latest_object("backups");
-    std::fs::write(s.path(&format!("backups/{object}")), &bytes).unwrap();
-    object
+    let pieces = std::iter::repeat_n(zeros.as_slice(), len >> 20);
+    plant_archive(s, "bomb.db", 9, None, pieces)
 }
 
 #[test]
