@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use anyhow::{Context, Result, anyhow, bail};
+use anyhow::{Result, anyhow, bail};
 use cairn_core::catalog::{self, Entry};
 use cairn_core::encoder::EncryptionParams;
 use cairn_core::{Compression, Kdf, KeyMaterial, SourceKind, WriterParams};
@@ -65,6 +65,9 @@ pub struct BackupReport {
     pub compression: String,
     pub encryption: String,
     pub engine: EngineKind,
+    /// How the snapshot was taken: "pinned" (read in place under a read
+    /// transaction) or "copy" (SQLite's backup API into a temp file).
+    pub snapshot: &'static str,
     pub seconds: f64,
 }
 
@@ -138,7 +141,7 @@ pub fn run_seeded(
     let writer = storage
         .create(&object)
         .map_err(|e| dest_error(storage, e))?;
-    let input = std::fs::File::open(snap.file.path()).context("cannot reopen the snapshot")?;
+    let input = snap.reader()?;
     let mut writer = writer;
     let encoded = pipeline::encode(
         seeds.archive_id,
@@ -154,6 +157,7 @@ pub fn run_seeded(
         .commit()
         .map_err(|e| write_error(storage, &object, e.into()))?;
     progress.finish();
+    let snapshot = snap.method();
     drop(snap);
 
     let meta = cairn_core::ArchiveWriter::new(params)?.metadata().clone();
@@ -179,6 +183,7 @@ pub fn run_seeded(
         compression: entry.compression,
         encryption: entry.encryption,
         engine: opts.engine,
+        snapshot,
         seconds: started.elapsed().as_secs_f64(),
     })
 }

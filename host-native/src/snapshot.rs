@@ -1,19 +1,142 @@
-//! Consistent online snapshots of a SQLite database with the online backup
-//! API, copied in one step under a read transaction: writers in other
-//! processes carry on (in WAL mode they are not blocked at all), and
-//! committed content still in the WAL is included.
+//! Consistent online snapshots of a SQLite database. Writers in other
+//! processes carry on, and committed content still in the WAL is included.
+//!
+//! Two ways, the first preferred:
+//! - **Pinned** (WAL mode): hold a read transaction and read the database
+//!   file itself, streaming it straight into the pipeline (no copy). It is
+//!   used only when the file provably holds exactly that transaction's view:
+//!   a PASSIVE checkpoint run *after* the transaction began reports every
+//!   WAL frame backfilled. Frames a writer adds later cannot be backfilled
+//!   while we read (SQLite never checkpoints past a live reader's snapshot),
+//!   so the file stays that view until we end the transaction.
+//! - **Copy** (rollback-journal mode, or when writers keep the WAL busy):
+//!   SQLite's online backup API copies all pages in one step under one read
+//!   transaction into a temp file, which the pipeline then reads.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
 use rusqlite::backup::{Backup, StepResult};
-use rusqlite::{Connection, OpenFlags};
+use rusqlite::{Connection, OpenFlags, ffi};
 
 pub struct Snapshot {
-    pub file: tempfile::NamedTempFile,
+    source: Source,
     pub size: u64,
     pub page_size: u32,
+}
+
+enum Source {
+    Copy(tempfile::NamedTempFile),
+    /// The pages are read through the connection's own file handle: opening
+    /// and closing a descriptor of our own would drop every POSIX lock this
+    /// process holds on the file when it closes, SQLite's included (and an
+    /// app that embeds cairn holds its own).
+    Pinned(Connection),
+}
+
+/// Reads a database through SQLite's VFS handle of a connection that holds
+/// a read transaction (see `pin` for why the file is the snapshot).
+struct PinnedReader<'a> {
+    file: *mut ffi::sqlite3_file,
+    pos: u64,
+    size: u64,
+    _conn: std::marker::PhantomData<&'a Connection>,
+}
+
+// Safety: the connection is borrowed for the reader's life and runs nothing
+// meanwhile; the unix VFS's xRead is a pread on its descriptor, which is
+// safe from another thread.
+unsafe impl Send for PinnedReader<'_> {}
+
+impl PinnedReader<'_> {
+    fn new(conn: &Connection, size: u64) -> Result<PinnedReader<'_>> {
+        let mut file: *mut ffi::sqlite3_file = std::ptr::null_mut();
+        // Safety: FILE_POINTER writes the main database's sqlite3_file* into
+        // `file`; the connection outlives the reader (the borrow above).
+        let rc = unsafe {
+            ffi::sqlite3_file_control(
+                conn.handle(),
+                c"main".as_ptr(),
+                ffi::SQLITE_FCNTL_FILE_POINTER,
+                (&raw mut file).cast(),
+            )
+        };
+        if rc != ffi::SQLITE_OK || file.is_null() || unsafe { (*file).pMethods.is_null() } {
+            bail!("cannot reach the database file through SQLite (code {rc})");
+        }
+        Ok(PinnedReader {
+            file,
+            pos: 0,
+            size,
+            _conn: std::marker::PhantomData,
+        })
+    }
+
+    fn file_size(&self) -> Result<u64> {
+        let mut n: ffi::sqlite3_int64 = 0;
+        // Safety: a valid sqlite3_file with its methods (checked in new).
+        let rc = unsafe {
+            match (*(*self.file).pMethods).xFileSize {
+                Some(f) => f(self.file, &mut n),
+                None => ffi::SQLITE_MISUSE,
+            }
+        };
+        if rc != ffi::SQLITE_OK {
+            bail!("cannot size the database file (SQLite code {rc})");
+        }
+        Ok(n.max(0) as u64)
+    }
+}
+
+impl std::io::Read for PinnedReader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = (self.size - self.pos).min(buf.len() as u64).min(1 << 30) as usize;
+        if n == 0 {
+            return Ok(0);
+        }
+        // Safety: as in file_size; `buf` holds at least n bytes.
+        let rc = unsafe {
+            match (*(*self.file).pMethods).xRead {
+                Some(f) => f(
+                    self.file,
+                    buf.as_mut_ptr().cast(),
+                    n as i32,
+                    self.pos as i64,
+                ),
+                None => ffi::SQLITE_MISUSE,
+            }
+        };
+        if rc != ffi::SQLITE_OK {
+            // Including SQLITE_IOERR_SHORT_READ: the size was checked up front.
+            return Err(std::io::Error::other(format!(
+                "reading the database at byte {} failed (SQLite code {rc})",
+                self.pos
+            )));
+        }
+        self.pos += n as u64;
+        Ok(n)
+    }
+}
+
+impl Snapshot {
+    /// The snapshot's bytes, from the first page to the last.
+    pub fn reader(&self) -> Result<Box<dyn std::io::Read + Send + '_>> {
+        Ok(match &self.source {
+            Source::Copy(t) => {
+                Box::new(std::fs::File::open(t.path()).context("cannot reopen the snapshot")?)
+            }
+            Source::Pinned(conn) => Box::new(PinnedReader::new(conn, self.size)?),
+        })
+    }
+
+    /// How it was taken: "pinned" (read in place) or "copy" (backup API).
+    pub fn method(&self) -> &'static str {
+        match self.source {
+            Source::Copy(_) => "copy",
+            Source::Pinned(_) => "pinned",
+        }
+    }
 }
 
 /// Refuses anything that is not a SQLite database, naming what it is.
@@ -60,9 +183,69 @@ fn is_disk_full(e: &rusqlite::Error) -> bool {
         || e.to_string().contains("disk I/O error")
 }
 
-/// Copies `db` into a new temporary file in `temp_dir`.
+/// Takes a snapshot of `db`: pinned when that is provably consistent, else
+/// a copy in a new temporary file in `temp_dir`.
 pub fn take(db: &Path, temp_dir: &Path) -> Result<Snapshot> {
     check_is_sqlite(db)?;
+    // Any error on the pinned path (a read-only directory, a busy WAL)
+    // only means the copy is used.
+    if let Ok(Some(snap)) = pin(db) {
+        return Ok(snap);
+    }
+    copy(db, temp_dir)
+}
+
+/// A read transaction on a WAL database whose file holds exactly its view,
+/// or None.
+fn pin(db: &Path) -> Result<Option<Snapshot>> {
+    let reader = Connection::open_with_flags(
+        db,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    reader.busy_timeout(Duration::from_secs(30))?;
+    let mode: String = reader.query_row("PRAGMA journal_mode", [], |r| r.get(0))?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Ok(None);
+    }
+    // The checkpointer writes the database, so it needs a read-write handle.
+    let ck = Connection::open_with_flags(
+        db,
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    let checkpoint = || -> Result<bool> {
+        let (busy, log, done): (i64, i64, i64) =
+            ck.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+            })?;
+        Ok(busy == 0 && log >= 0 && log == done)
+    };
+    // Backfill what is committed now, so the check below usually passes.
+    checkpoint()?;
+    // BEGIN is deferred: the first read is what takes the snapshot.
+    // MUTATION reader.execute_batch("BEGIN")?;
+    reader.query_row("SELECT count(*) FROM sqlite_schema", [], |_| Ok(()))?;
+    let page_size: u32 = reader.query_row("PRAGMA page_size", [], |r| r.get(0))?;
+    let page_count: i64 = reader.query_row("PRAGMA page_count", [], |r| r.get(0))?;
+    // Now the transaction holds its snapshot. If every frame in the WAL is
+    // in the file, none is newer than the snapshot (a checkpoint cannot
+    // pass a live reader), so the file is the snapshot.
+    if !checkpoint()? {
+        return Ok(None);
+    }
+    drop(ck);
+    let size = page_count.max(0) as u64 * u64::from(page_size);
+    if PinnedReader::new(&reader, size)?.file_size()? < size {
+        return Ok(None);
+    }
+    Ok(Some(Snapshot {
+        source: Source::Pinned(reader),
+        size,
+        page_size,
+    }))
+}
+
+/// Copies `db` into a new temporary file in `temp_dir` (online backup API).
+fn copy(db: &Path, temp_dir: &Path) -> Result<Snapshot> {
     let src = Connection::open_with_flags(
         db,
         OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
@@ -114,7 +297,7 @@ pub fn take(db: &Path, temp_dir: &Path) -> Result<Snapshot> {
     dst.close().map_err(|(_, e)| failed(e))?;
     let size = file.as_file().metadata()?.len();
     Ok(Snapshot {
-        file,
+        source: Source::Copy(file),
         size,
         page_size,
     })

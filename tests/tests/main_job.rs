@@ -250,3 +250,86 @@ fn help_reads_like_docs() {
         r.stdout
     );
 }
+
+/// Reads a snapshot's bytes into `out` and returns the row count there.
+fn materialize(snap: &cairn::snapshot::Snapshot, out: &std::path::Path) -> i64 {
+    let mut f = std::fs::File::create(out).unwrap();
+    let n = std::io::copy(&mut snap.reader().unwrap(), &mut f).unwrap();
+    assert_eq!(n, snap.size);
+    drop(f);
+    assert!(integrity_ok(out), "the snapshot is a sound database");
+    count_rows(out)
+}
+
+#[test]
+fn a_pinned_snapshot_stays_the_snapshot_while_writers_commit_and_checkpoint() {
+    // Both ways a reader can pin: with the WAL empty (SQLite then reads the
+    // file only), and with committed frames still in the WAL.
+    for frames_in_wal in [false, true] {
+        let s = Scratch::new();
+        let db = s.make_db("app.db", 2_000);
+        let c = Connection::open(&db).unwrap();
+        c.execute_batch("PRAGMA wal_autocheckpoint=0;").unwrap();
+        let before = if frames_in_wal {
+            insert_rows(&c, 2_000, 300);
+            assert!(std::fs::metadata(s.path("app.db-wal")).unwrap().len() > 0);
+            2_300
+        } else {
+            2_000
+        };
+        let snap = cairn::snapshot::take(&db, s.dir.path()).unwrap();
+        assert_eq!(snap.method(), "pinned");
+        // Writers carry on and try every kind of checkpoint meanwhile.
+        for round in 0..5 {
+            insert_rows(&c, 10_000 + round * 1_000, 500);
+            c.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
+                .unwrap();
+        }
+        c.busy_timeout(std::time::Duration::from_millis(50))
+            .unwrap();
+        let _ = c.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
+        assert_eq!(count_rows(&db), before + 2_500);
+        assert_eq!(
+            materialize(&snap, &s.path("snap.db")),
+            before,
+            "frames_in_wal={frames_in_wal}: the snapshot must not see later commits"
+        );
+        drop(snap);
+        // Once it is gone, checkpoints complete again.
+        let (busy, log, done): (i64, i64, i64) = c
+            .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+            })
+            .unwrap();
+        assert_eq!((busy, log), (0, done));
+    }
+}
+
+#[test]
+fn a_rollback_journal_database_is_copied_with_the_backup_api() {
+    let s = Scratch::new();
+    let db = s.path("app.db");
+    let c = Connection::open(&db).unwrap();
+    c.execute_batch(
+        "PRAGMA journal_mode=DELETE;
+         CREATE TABLE items(id INTEGER PRIMARY KEY, name TEXT NOT NULL, price REAL, note TEXT);",
+    )
+    .unwrap();
+    insert_rows(&c, 0, 1_000);
+    drop(c);
+    let r = s.run(&["backup", "app.db", "--json"]).ok();
+    let v: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    assert_eq!(v["snapshot"], "copy", "{v}");
+    let wal = s.make_db("wal.db", 1_000);
+    let r = s
+        .run(&["backup", wal.to_str().unwrap(), "w", "--json"])
+        .ok();
+    let v: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    assert_eq!(v["snapshot"], "pinned", "{v}");
+    s.run(&["restore", "backups", "-o", "r.db"]).ok();
+    assert_eq!(count_rows(&s.path("r.db")), 1_000);
+    assert!(
+        s.files(".").iter().all(|f| !f.contains("cairn-snapshot")),
+        "no temp copy left behind"
+    );
+}
