@@ -222,7 +222,7 @@ fn pin(db: &Path) -> Result<Option<Snapshot>> {
     // Backfill what is committed now, so the check below usually passes.
     checkpoint()?;
     // BEGIN is deferred: the first read is what takes the snapshot.
-    // MUTATION reader.execute_batch("BEGIN")?;
+    reader.execute_batch("BEGIN")?;
     reader.query_row("SELECT count(*) FROM sqlite_schema", [], |_| Ok(()))?;
     let page_size: u32 = reader.query_row("PRAGMA page_size", [], |r| r.get(0))?;
     let page_count: i64 = reader.query_row("PRAGMA page_count", [], |r| r.get(0))?;
