@@ -333,26 +333,20 @@ def operations(b, skip):
             name = f"cairn-{kind}-{engine}"
             ops.append(("cairn", f"cairn {kind} ({engine})", "backup",
                         lambda r, n=name, lv=level, e=enc, en=engine: b.cairn_backup(r, n, lv, e, en)))
-    for tool in ("gzip", "pigz"):
-        if tool not in skip:
-            ops.append((tool, f"sqlite3 .backup + {tool} -6", "backup", lambda r, t=tool: b.sqlite_gzip(r, t)))
-    if "restic" not in skip:
-        ops.append(("restic", "restic backup", "backup", b.restic_backup))
-    if "litestream" not in skip:
-        ops.append(("litestream", "litestream first sync", "backup", b.litestream_sync))
+    # (tool, backup label, restore label, backup fn, restore fn)
+    peers = [(t, f"sqlite3 .backup + {t} -6", f"{t} -d",
+              lambda r, t=t: b.sqlite_gzip(r, t), lambda r, t=t: b.gunzip(r, t)) for t in ("gzip", "pigz")]
+    peers += [("restic", "restic backup", "restic restore", b.restic_backup, b.restic_restore),
+              ("litestream", "litestream first sync", "litestream restore", b.litestream_sync, b.litestream_restore)]
+    peers = [p for p in peers if p[0] not in skip]
+    ops += [(tool, label, "backup", fn) for tool, label, _, fn, _ in peers]
     for engine in ("native", "wasm"):
         for kind, _, enc in cairn_kinds:
             name = f"cairn-{kind}-{engine}"
             label = "encrypted" if kind == "compressed+encrypted" else kind
             ops.append(("cairn", f"cairn restore {label} ({engine})", "restore",
                         lambda r, n=name, e=enc, en=engine: b.cairn_restore(r, n, e, en)))
-    for tool in ("gzip", "pigz"):
-        if tool not in skip:
-            ops.append((tool, f"{tool} -d", "restore", lambda r, t=tool: b.gunzip(r, t)))
-    if "restic" not in skip:
-        ops.append(("restic", "restic restore", "restore", b.restic_restore))
-    if "litestream" not in skip:
-        ops.append(("litestream", "litestream restore", "restore", b.litestream_restore))
+    ops += [(tool, label, "restore", fn) for tool, _, label, _, fn in peers]
     return ops
 
 
