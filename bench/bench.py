@@ -407,16 +407,15 @@ def targets(rows, smoke):
     pigz = by.get("sqlite3 .backup + pigz -6")
     gz = by.get("sqlite3 .backup + gzip -6")
     ls = by.get("litestream first sync")
-    if ref and pigz:
-        r = pigz["median_s"] / ref["median_s"]
-        t("full backup >= 2x faster than .backup + pigz -6", r >= 2, f"{r:.2f}x")
-    else:
-        t("full backup >= 2x faster than .backup + pigz -6", None, "pigz skipped")
-    if ref and ls:
-        r = ls["median_s"] / ref["median_s"]
-        t("full backup >= 1.5x faster than Litestream first sync", r >= 1.5, f"{r:.2f}x")
-    else:
-        t("full backup >= 1.5x faster than Litestream first sync", None, "litestream skipped")
+    def faster(name, mine, peer, factor, skipped):
+        if mine and peer:
+            r = peer["median_s"] / mine["median_s"]
+            t(name, r >= factor, f"{r:.2f}x")
+        else:
+            t(name, None, skipped)
+
+    faster("full backup >= 2x faster than .backup + pigz -6", ref, pigz, 2, "pigz skipped")
+    faster("full backup >= 1.5x faster than Litestream first sync", ref, ls, 1.5, "litestream skipped")
     if ref and gz:
         t("full backup output <= gzip -6 output", ref["output_bytes"] <= gz["output_bytes"],
           f"{human(ref['output_bytes'])} vs {human(gz['output_bytes'])} "
@@ -425,11 +424,7 @@ def targets(rows, smoke):
         t("full backup output <= gzip -6 output", None, "gzip skipped")
     rref = by.get(REF_RESTORE)
     lsr = by.get("litestream restore")
-    if rref and lsr:
-        r = lsr["median_s"] / rref["median_s"]
-        t("restore >= 5x faster than Litestream restore", r >= 5, f"{r:.2f}x")
-    else:
-        t("restore >= 5x faster than Litestream restore", None, "litestream skipped")
+    faster("restore >= 5x faster than Litestream restore", rref, lsr, 5, "litestream skipped")
     native = [r for r in rows if r["tool"] == "cairn" and "(native)" in r["op"]]
     wasm = [r for r in rows if r["tool"] == "cairn" and "(wasm)" in r["op"]]
     m = max(native, key=lambda r: r["peak_rss_mib"])
