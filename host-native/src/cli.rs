@@ -466,7 +466,12 @@ fn verify_options(s: &SandboxArgs, sandbox: bool) -> verify::VerifyOptions {
 
 fn tables_summary(tables: &[crate::verifier::Table]) -> String {
     let rows: u64 = tables.iter().map(|t| t.rows).sum();
-    format!("{} tables, {rows} rows", tables.len())
+    let plural = |n: u64, what: &str| format!("{n} {what}{}", if n == 1 { "" } else { "s" });
+    format!(
+        "{}, {}",
+        plural(tables.len() as u64, "table"),
+        plural(rows, "row")
+    )
 }
 
 fn cmd_verifier(a: VerifierArgs) -> Result<()> {
