@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Idempotent set-up for a fresh machine: the wasm target and the few Debian
-# packages the tests and demo use. Sourced by demo.sh and test.sh.
+# Idempotent set-up for a fresh machine: the wasm target, the few Debian
+# packages the tests and demo use, and the S3 and SSH servers the storage
+# tests start on 127.0.0.1. Sourced by demo.sh and test.sh.
 set -euo pipefail
 
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/cairn-target}"
@@ -23,6 +24,8 @@ command -v wasm-ld-19 >/dev/null || need_apt+=(lld-19)
 [ -d /usr/include/wasm32-wasi ] || need_apt+=(wasi-libc)
 compgen -G '/usr/lib/llvm-19/lib/clang/19/lib/wasi*/libclang_rt.builtins*' >/dev/null ||
     need_apt+=(libclang-rt-19-dev-wasm32)
+# The SFTP tests run a private sshd on a high port (tests/src/servers.rs).
+[ -x /usr/sbin/sshd ] || need_apt+=(openssh-server)
 if ((${#need_apt[@]})); then
     say "installing ${need_apt[*]} with apt-get"
     if [ "$(id -u)" = 0 ]; then SUDO=(); else SUDO=(sudo); fi
@@ -61,3 +64,49 @@ export PATH="$bin:$PATH"
 # (tests/tests/jco.rs); pinned by tests/js/package-lock.json, kept outside the clone.
 export CAIRN_NODE_DIR="${CAIRN_NODE_DIR:-$HOME/.cache/cairn-node}"
 bash "$(dirname "${BASH_SOURCE[0]}")/setup-node.sh"
+
+# Real S3 servers for the storage tests (tests/src/servers.rs starts them on
+# 127.0.0.1 and stops them by PID). Two implementations, so that cairn is not
+# tuned to one server's quirks.
+#
+# s3s-fs checks SigV4 signatures and honours conditional PUTs; 0.14.1 is the
+# newest release that builds with our rustc. It gets its own install root so
+# that it never mixes with the wasmtime link in $bin.
+S3S_FS_VERSION=0.14.1
+s3s_root="$bin/s3s"
+export CAIRN_S3S_FS="$s3s_root/bin/s3s-fs"
+s3s_installed() {
+    [ -x "$CAIRN_S3S_FS" ] && grep -qs "\"s3s-fs $S3S_FS_VERSION " "$s3s_root/.crates.toml"
+}
+if ! s3s_installed; then
+    # A warm-up job may be running the same `cargo install` into the same
+    # root; two at once would race on it, so wait for that one to finish.
+    while command -v pgrep >/dev/null && pgrep -f "^[^ ]*cargo install s3s-fs" >/dev/null; do
+        say "waiting for a running \`cargo install s3s-fs\` to finish"
+        sleep 15
+    done
+fi
+if ! s3s_installed; then
+    say "installing s3s-fs $S3S_FS_VERSION (an S3 server) with cargo install (about 3 minutes)"
+    cargo install s3s-fs --version "$S3S_FS_VERSION" --features binary --locked --root "$s3s_root"
+fi
+
+# moto is a second S3 implementation (Python); it accepts any credentials.
+MOTO_VERSION=5.2.5
+moto_version() { python3 -c 'import importlib.metadata as m; print(m.version("moto"))' 2>/dev/null || true; }
+if ! command -v moto_server >/dev/null || [ "$(moto_version)" != "$MOTO_VERSION" ]; then
+    say "installing moto $MOTO_VERSION (the second S3 server) with pip"
+    python3 -m pip install -q --disable-pip-version-check "moto[server]==$MOTO_VERSION"
+    # pyenv only makes a shim for a new script on rehash; plain pythons put
+    # it in their scripts dir, or ~/.local/bin for a --user install.
+    if command -v pyenv >/dev/null; then pyenv rehash; fi
+    hash -r
+fi
+CAIRN_MOTO_SERVER=$(command -v moto_server || true)
+py_scripts=$(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))')
+for dir in "$py_scripts" "$HOME/.local/bin"; do
+    if [ -z "$CAIRN_MOTO_SERVER" ] && [ -x "$dir/moto_server" ]; then
+        CAIRN_MOTO_SERVER="$dir/moto_server"
+    fi
+done
+export CAIRN_MOTO_SERVER

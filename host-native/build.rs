@@ -49,20 +49,24 @@ fn main() {
 
     // libdeflate (core) and SQLite (verifier) are C: both need the wasm C toolchain.
     let cc = wasi_c_toolchain(&target_dir);
-    nested_build(&workspace, &target_dir, &["-p", "cairn-core", "--lib"], &cc);
+    // `cargo rustc --crate-type cdylib`: core's manifest declares only an
+    // rlib, because a cdylib package's rlib gets no hash in its file name and
+    // builds with different feature sets would overwrite each other's.
+    let core = ["-p", "cairn-core", "--lib", "--crate-type", "cdylib"];
+    nested_build(&workspace, &target_dir, "rustc", &core, &cc);
     copy(
         &built.join("cairn_core.wasm"),
         &out_dir.join("cairn_core.wasm"),
     );
 
     let verifier = ["-p", "cairn-wasi", "--bin", "cairn-wasi"];
-    nested_build(&workspace, &target_dir, &verifier, &cc);
+    nested_build(&workspace, &target_dir, "build", &verifier, &cc);
     copy(
         &built.join("cairn-wasi.wasm"),
         &out_dir.join("cairn-wasi.wasm"),
     );
     let accelerated = [&verifier[..], &["--features", "host-crypto"]].concat();
-    nested_build(&workspace, &target_dir, &accelerated, &cc);
+    nested_build(&workspace, &target_dir, "build", &accelerated, &cc);
     copy(
         &built.join("cairn-wasi.wasm"),
         &out_dir.join("cairn-wasi-host-crypto.wasm"),
@@ -75,11 +79,17 @@ fn main() {
     .unwrap();
 }
 
-fn nested_build(workspace: &Path, target_dir: &Path, what: &[&str], env: &[(String, String)]) {
+fn nested_build(
+    workspace: &Path,
+    target_dir: &Path,
+    verb: &str,
+    what: &[&str],
+    env: &[(String, String)],
+) {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut cmd = Command::new(cargo);
     cmd.current_dir(workspace)
-        .args(["build", "--locked", "--release", "--target", TARGET])
+        .args([verb, "--locked", "--release", "--target", TARGET])
         .args(what)
         .arg("--target-dir")
         .arg(target_dir)

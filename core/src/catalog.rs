@@ -50,6 +50,10 @@ pub struct Entry {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key_id: Option<String>,
     pub archive_id: String,
+    /// Fields this cairn does not know, kept so that rewriting an entry
+    /// written by a newer cairn does not drop them.
+    #[serde(flatten)]
+    pub extra: serde_json::Map<String, serde_json::Value>,
 }
 
 impl Entry {
@@ -82,6 +86,7 @@ impl Entry {
             encryption: meta.encryption.describe().into(),
             key_id,
             archive_id: meta.archive_id_hex(),
+            extra: Default::default(),
         }
     }
 
@@ -197,8 +202,11 @@ impl Catalog {
         self.entries.iter().find(|e| e.object == object)
     }
 
+    /// The newest entry by (`created_at_ms`, `id`), whatever the file's order.
     pub fn newest(&self) -> Option<&Entry> {
-        self.entries.last()
+        self.entries
+            .iter()
+            .max_by(|a, b| (a.created_at_ms, &a.id).cmp(&(b.created_at_ms, &b.id)))
     }
 }
 
@@ -273,6 +281,7 @@ mod tests {
             encryption: "none".into(),
             key_id: None,
             archive_id: "22".repeat(16),
+            extra: Default::default(),
         }
     }
 

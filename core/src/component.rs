@@ -274,6 +274,7 @@ fn entry_in(e: manifest::Entry) -> Entry {
         encryption: e.encryption,
         key_id: e.key_id,
         archive_id: e.archive_id,
+        extra: Default::default(),
     }
 }
 

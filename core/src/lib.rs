@@ -9,10 +9,13 @@ pub mod catalog;
 pub mod chunk;
 pub mod decoder;
 pub mod encoder;
+pub mod envelope;
 pub mod error;
 pub mod frame;
 pub mod header;
 pub mod key;
+pub mod layout;
+pub mod retention;
 pub mod sniff;
 pub mod time;
 

@@ -1,4 +1,5 @@
-//! `cairn backup`: snapshot, encode, store, then catalog and latest.txt.
+//! `cairn backup`: snapshot, encode once, write to every destination
+//! (fan-out), then one commit in each destination's log.
 
 use std::path::PathBuf;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
@@ -11,8 +12,8 @@ use serde::Serialize;
 
 use crate::engine::{self, EngineKind};
 use crate::progress::Progress;
-use crate::storage::Storage;
-use crate::{catalog_store, pipeline, snapshot};
+use crate::storage::{Cond, Dest, Put, Tee};
+use crate::{pipeline, repo, snapshot};
 
 pub struct BackupOptions {
     pub db: PathBuf,
@@ -22,6 +23,8 @@ pub struct BackupOptions {
     pub engine: EngineKind,
     pub temp_dir: PathBuf,
     pub progress: bool,
+    /// `--prune`: apply this policy to each destination after a success.
+    pub prune: Option<cairn_core::retention::Policy>,
 }
 
 /// Inputs that are random or time-dependent, passed explicitly so that a
@@ -69,6 +72,9 @@ pub struct BackupReport {
     /// transaction) or "copy" (SQLite's backup API into a temp file).
     pub snapshot: &'static str,
     pub seconds: f64,
+    /// Destinations that failed (the exit status is non-zero if any did).
+    pub failed: usize,
+    pub destinations: Vec<DestResult>,
 }
 
 pub fn encryption_params(key: &KeyMaterial, seeds: &Seeds) -> Result<Option<EncryptionParams>> {
@@ -96,19 +102,70 @@ pub fn encryption_params(key: &KeyMaterial, seeds: &Seeds) -> Result<Option<Encr
     })
 }
 
-pub fn run(storage: &dyn Storage, opts: &BackupOptions) -> Result<BackupReport> {
-    run_seeded(storage, opts, Seeds::fresh()?)
+/// One destination's outcome in a (fan-out) backup.
+#[derive(Debug, Serialize)]
+pub struct DestResult {
+    pub destination: String,
+    pub ok: bool,
+    /// Where the archive is (on success).
+    pub location: Option<String>,
+    /// The log record that lists the backup (layout 2).
+    pub commit: Option<u64>,
+    pub error: Option<String>,
+    /// The retention run of `--prune`, after the backup succeeded.
+    pub prune: Option<crate::prune::PruneReport>,
 }
 
-pub fn run_seeded(
-    storage: &dyn Storage,
-    opts: &BackupOptions,
-    seeds: Seeds,
-) -> Result<BackupReport> {
+impl DestResult {
+    /// A destination that failed before any work.
+    pub fn failed(destination: &str, error: String) -> DestResult {
+        DestResult {
+            destination: destination.to_string(),
+            ok: false,
+            location: None,
+            commit: None,
+            error: Some(error),
+            prune: None,
+        }
+    }
+}
+
+pub fn run(dests: &[Dest], opts: &BackupOptions) -> Result<BackupReport> {
+    run_seeded(dests, opts, Seeds::fresh()?)
+}
+
+/// Reads and encodes the database once and writes the archive to every
+/// destination at once (fan-out). A destination that fails is reported in
+/// `destinations` and does not stop the others; only a failure of the
+/// source, the encode, or every destination is an `Err`.
+pub fn run_seeded(dests: &[Dest], opts: &BackupOptions, seeds: Seeds) -> Result<BackupReport> {
     let started = Instant::now();
     snapshot::check_is_sqlite(&opts.db)?;
-    let _lock = storage.lock().map_err(|e| dest_error(storage, e))?;
-    let mut catalog = catalog_store::load(storage)?.unwrap_or_default();
+    if dests.is_empty() {
+        bail!("no destination given");
+    }
+    // Read each catalog first: a destination that cannot be read (wrong
+    // credentials, unknown host) fails here, before any work.
+    let mut results: Vec<DestResult> = dests
+        .iter()
+        .map(|d| DestResult {
+            error: None,
+            ..DestResult::failed(&d.describe(""), String::new())
+        })
+        .collect();
+    let mut loaded: Vec<Option<repo::Loaded>> = Vec::new();
+    for (d, r) in dests.iter().zip(&mut results) {
+        match preflight(d).and_then(|()| repo::load(d)) {
+            Ok(l) => loaded.push(Some(l)),
+            Err(e) => {
+                r.error = Some(format!("{e:#}"));
+                loaded.push(None);
+            }
+        }
+    }
+    if loaded.iter().all(Option::is_none) {
+        return Err(all_failed(&results));
+    }
 
     let snap = snapshot::take(&opts.db, &opts.temp_dir)?;
     let db_name = opts
@@ -128,34 +185,50 @@ pub fn run_seeded(
     };
     let id = catalog::snapshot_id(seeds.created_at_ms, seeds.id_suffix);
     let object = catalog::snapshot_object_key(&id, params.encryption.is_some());
-    if catalog.find(&id).is_some() || catalog.find_object(&object).is_some() {
-        bail!(
-            "backup id {id} is already in {}; run the backup again",
-            storage.describe("")
-        );
+    for ((d, l), r) in dests.iter().zip(&mut loaded).zip(&mut results) {
+        if l.as_ref().is_some_and(|l| {
+            l.state.entries.contains_key(&id) || l.state.find_object(&object).is_some()
+        }) {
+            r.error = Some(format!(
+                "backup id {id} is already in {}; run the backup again",
+                d.describe("")
+            ));
+            *l = None;
+        }
     }
     let workers = pipeline::workers();
     let encoders = engine::encoders(opts.engine, &params, workers + 1)?;
 
     let progress = Progress::bytes(opts.progress, snap.size, "backup");
-    let writer = storage
-        .create(&object)
-        .map_err(|e| dest_error(storage, e))?;
+    let live: Vec<usize> = (0..dests.len()).filter(|&i| loaded[i].is_some()).collect();
+    let mut tee = Tee::new(
+        live.iter()
+            .map(|&i| dests[i].writer(&object, Cond::CreateOnly))
+            .collect(),
+    );
     let input = snap.reader()?;
-    let mut writer = writer;
     let encoded = pipeline::encode(
         seeds.archive_id,
         input,
         "the snapshot",
         opts.chunk_size as usize,
         encoders,
-        &mut writer,
+        &mut tee,
         &progress,
-    )
-    .map_err(|e| write_error(storage, &object, e))?;
-    writer
-        .commit()
-        .map_err(|e| write_error(storage, &object, e.into()))?;
+    );
+    let encoded = match encoded {
+        Ok(e) => e,
+        Err(e) => {
+            // Nothing is published: dropping the writers abandons the uploads.
+            let first = tee.branches.iter_mut().find_map(|b| b.error.take());
+            drop(tee);
+            let msg = match first {
+                Some(f) if live.len() == 1 => write_error(&dests[live[0]], &object, f.into()),
+                _ => anyhow!("{e:#}; nothing was kept"),
+            };
+            return Err(msg);
+        }
+    };
     progress.finish();
     let snapshot = snap.method();
     drop(snap);
@@ -168,12 +241,68 @@ pub fn run_seeded(
         (encoded.trailer.plain_len, encoded.trailer.sha256),
         (encoded.stored_len, encoded.stored_sha256),
     );
-    catalog.add(entry.clone())?;
-    catalog_store::save(storage, &catalog, &entry)?;
-
+    for (&i, branch) in live.iter().zip(tee.branches) {
+        let d = &dests[i];
+        let r = &mut results[i];
+        let published = match (branch.writer, branch.error) {
+            (Some(w), _) => w.commit().map_err(|e| write_error(d, &object, e.into())),
+            (None, Some(e)) => Err(write_error(d, &object, e.into())),
+            (None, None) => Err(anyhow!("the upload to {} stopped", d.describe(""))),
+        };
+        let done = published.and_then(|put| {
+            if put == Put::Exists {
+                bail!(
+                    "{} already exists; nothing was changed: run the backup again",
+                    d.describe(&object)
+                );
+            }
+            let l = loaded[i].as_mut().expect("live destinations are loaded");
+            let mut c = repo::write::new_commit();
+            c.add_entry(&entry)?;
+            repo::write::append(d, l, c)
+        });
+        match done {
+            Ok(seq) => {
+                r.ok = true;
+                r.commit = Some(seq);
+                r.location = Some(d.describe(&object));
+                // Locally, temp files of killed runs go now (cheap); remote
+                // stores are swept by prune.
+                if d.scheme() == "local" {
+                    let _ = d.sweep_temps(crate::prune::ORPHAN_GRACE_MS);
+                }
+            }
+            Err(e) => r.error = Some(format!("{e:#}")),
+        }
+    }
+    if let Some(policy) = &opts.prune {
+        for (i, r) in results.iter_mut().enumerate() {
+            if r.ok {
+                let p = crate::prune::run(
+                    &dests[i],
+                    &crate::prune::PruneOptions {
+                        policy: policy.clone(),
+                        dry_run: false,
+                        now_ms: None,
+                    },
+                );
+                match p {
+                    Ok(p) => r.prune = Some(p),
+                    Err(e) => {
+                        r.error = Some(format!(
+                            "the backup succeeded but the prune after it failed: {e:#}"
+                        ))
+                    }
+                }
+            }
+        }
+    }
+    let Some(first_ok) = results.iter().find(|r| r.ok) else {
+        return Err(all_failed(&results));
+    };
     Ok(BackupReport {
         id,
-        location: storage.describe(&object),
+        location: first_ok.location.clone().unwrap_or_default(),
         object,
         database: opts.db.display().to_string(),
         plain_size: entry.plain_size,
@@ -185,7 +314,54 @@ pub fn run_seeded(
         engine: opts.engine,
         snapshot,
         seconds: started.elapsed().as_secs_f64(),
+        failed: results
+            .iter()
+            .filter(|r| !r.ok || r.error.is_some())
+            .count(),
+        destinations: results,
     })
+}
+
+/// A local destination must exist (it is created) and be writable before
+/// any work is done; remote stores say so on the first write.
+fn preflight(d: &Dest) -> Result<()> {
+    let Some(root) = d.local_path("") else {
+        return Ok(());
+    };
+    let denied = |e: std::io::Error| {
+        anyhow!(
+            "backup destination {} is not writable ({e}): fix its permissions or choose another destination",
+            root.display()
+        )
+    };
+    std::fs::create_dir_all(&root).map_err(denied)?;
+    let c = std::ffi::CString::new(root.as_os_str().as_encoded_bytes())
+        .map_err(|_| anyhow!("{} is not a valid path", root.display()))?;
+    // SAFETY: access only reads the NUL-terminated path.
+    if unsafe { libc::access(c.as_ptr(), libc::W_OK | libc::X_OK) } != 0 {
+        return Err(denied(std::io::Error::last_os_error()));
+    }
+    Ok(())
+}
+
+pub fn all_failed(results: &[DestResult]) -> anyhow::Error {
+    if let [one] = results {
+        return anyhow!("{}", one.error.clone().unwrap_or_default());
+    }
+    let lines: Vec<String> = results
+        .iter()
+        .map(|r| {
+            format!(
+                "{}: {}",
+                r.destination,
+                r.error.as_deref().unwrap_or("failed")
+            )
+        })
+        .collect();
+    anyhow!(
+        "every destination failed; nothing was kept:\n  {}",
+        lines.join("\n  ")
+    )
 }
 
 fn is_space_error(e: &anyhow::Error) -> bool {
@@ -202,28 +378,14 @@ fn is_space_error(e: &anyhow::Error) -> bool {
     })
 }
 
-fn write_error(storage: &dyn Storage, object: &str, e: anyhow::Error) -> anyhow::Error {
-    let path = storage.describe(object);
+fn write_error(dest: &Dest, object: &str, e: anyhow::Error) -> anyhow::Error {
+    let path = dest.describe(object);
     if is_space_error(&e) {
         anyhow!(
             "cannot write {path}: no space left ({e:#}); nothing was kept: free space or choose another destination"
         )
     } else {
         anyhow!("cannot write {path}: {e:#}; nothing was kept")
-    }
-}
-
-fn dest_error(storage: &dyn Storage, e: std::io::Error) -> anyhow::Error {
-    let root = storage.describe("");
-    match e.kind() {
-        std::io::ErrorKind::PermissionDenied | std::io::ErrorKind::ReadOnlyFilesystem => {
-            anyhow!(
-                "backup destination {root} is not writable ({e}): fix its permissions or choose another destination"
-            )
-        }
-        _ => anyhow!(
-            "cannot use backup destination {root}: {e}; check the path or choose another destination"
-        ),
     }
 }
 

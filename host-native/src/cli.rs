@@ -11,8 +11,8 @@ use clap::{Args, Parser, Subcommand};
 use crate::engine::EngineKind;
 use crate::keys::KeyArgs;
 use crate::sandbox::Limits;
-use crate::storage::LocalDir;
-use crate::{backup, catalog_store, restore, verify};
+use crate::storage::{Dest, Location};
+use crate::{backup, prune, pull, repair, repo, restore, verify};
 
 const AFTER_HELP: &str = "\
 Examples:
@@ -59,6 +59,24 @@ pub enum Command {
     Verify(VerifyArgs),
     /// Generate a random 32-byte key for --key-file.
     Keygen(KeygenArgs),
+    /// Delete old backups by a retention policy (restic's `forget` rules).
+    ///
+    /// Each database in the destination is judged on its own. The plan is
+    /// printed with a reason per backup; then one commit removes the dropped
+    /// backups from the catalog and their archives are deleted. The newest
+    /// backup of each database is always kept. A backup that lands while a
+    /// prune runs is never deleted by it.
+    Prune(PruneArgs),
+    /// Copy backups from a destination (S3, SFTP, a directory) into a local
+    /// directory, verifying each in the sandbox before keeping it.
+    ///
+    /// Only what is missing locally is downloaded; the local directory is a
+    /// destination of its own (`cairn restore DIR` works on it). Run it from
+    /// cron on a laptop to keep a copy of the server's backups.
+    Pull(PullArgs),
+    /// Rebuild a destination's catalog: replay the whole log into a fresh
+    /// checkpoint and list archives that no backup names.
+    Repair(RepairArgs),
     /// Write out the sandboxed verifier, cairn-wasi.wasm, to run in any WASI
     /// runtime: `wasmtime run --dir BACKUPS::/backup cairn-wasi.wasm verify
     /// /backup/snapshots/ID.db.gz [--key-file /backup/KEY]`.
@@ -69,9 +87,16 @@ pub enum Command {
 pub struct BackupArgs {
     /// The SQLite database file to back up.
     pub db: PathBuf,
-    /// Backup directory (created if missing).
-    #[arg(default_value = "backups")]
-    pub dest: PathBuf,
+    /// Destinations: a directory (created if missing), s3://bucket/prefix or
+    /// sftp://user@host/path. Several: one encode, written to each (fan-out).
+    #[arg(default_value = "backups", value_name = "DEST")]
+    pub dests: Vec<String>,
+    /// After a successful backup, apply the retention policy given by the
+    /// --keep-* options to each destination that succeeded.
+    #[arg(long)]
+    pub prune: bool,
+    #[command(flatten)]
+    pub retention: RetentionArgs,
     /// Encrypt with AES-256-GCM (implied by any key option; needs one).
     #[arg(long)]
     pub encrypt: bool,
@@ -95,14 +120,17 @@ pub struct BackupArgs {
 
 #[derive(Args, Debug)]
 pub struct RestoreArgs {
-    /// Backup directory to restore from.
-    pub dest: PathBuf,
+    /// Destination to restore from: a directory, s3://… or sftp://….
+    pub dest: String,
     /// The database file to write.
     #[arg(short, long, value_name = "PATH")]
     pub output: PathBuf,
-    /// Backup id to restore (see `cairn list`) [default: latest].
+    /// Backup id to restore (see `cairn list`) [default: the newest].
     #[arg(long)]
     pub id: Option<String>,
+    /// In a destination shared by several databases: restore this one's newest backup.
+    #[arg(long, value_name = "NAME", conflicts_with = "id")]
+    pub db: Option<String>,
     /// Replace the output file if it exists (its -wal and -shm files are removed).
     #[arg(long)]
     pub force: bool,
@@ -125,9 +153,9 @@ pub struct RestoreArgs {
 
 #[derive(Args, Debug)]
 pub struct ListArgs {
-    /// Backup directory.
+    /// Destination: a directory, s3://… or sftp://….
     #[arg(default_value = "backups")]
-    pub dest: PathBuf,
+    pub dest: String,
     /// Print JSON instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -135,12 +163,15 @@ pub struct ListArgs {
 
 #[derive(Args, Debug)]
 pub struct VerifyArgs {
-    /// Backup directory.
+    /// Destination: a directory, s3://… or sftp://….
     #[arg(default_value = "backups")]
-    pub dest: PathBuf,
-    /// Backup id to verify [default: latest].
+    pub dest: String,
+    /// Backup id to verify [default: the newest].
     #[arg(long, conflicts_with = "all")]
     pub id: Option<String>,
+    /// In a destination shared by several databases: this one's newest backup.
+    #[arg(long, value_name = "NAME", conflicts_with_all = ["id", "all"])]
+    pub db: Option<String>,
     /// Verify every backup in the catalog.
     #[arg(long)]
     pub all: bool,
@@ -158,8 +189,115 @@ pub struct VerifyArgs {
     /// Directory for the temporary decoded copy [default: the system temp dir].
     #[arg(long, value_name = "DIR")]
     pub temp_dir: Option<PathBuf>,
+    /// For a remote archive: download it to --temp-dir first, instead of
+    /// streaming it into the sandbox (which needs no local disk).
+    #[arg(long)]
+    pub download_first: bool,
     #[command(flatten)]
     pub out: OutputArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct PruneArgs {
+    /// Destination: a directory, s3://… or sftp://….
+    pub dest: String,
+    #[command(flatten)]
+    pub retention: RetentionArgs,
+    /// Print the plan, delete nothing.
+    #[arg(long, short = 'n')]
+    pub dry_run: bool,
+    /// Print a JSON report on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// The retention policy (restic's `forget` semantics): each --keep-* rule
+/// counts periods that hold a backup and keeps the newest in each; a backup
+/// kept by any rule stays.
+#[derive(Args, Debug, Default)]
+pub struct RetentionArgs {
+    /// Keep the N newest backups.
+    #[arg(long, value_name = "N")]
+    pub keep_last: Option<u32>,
+    /// Keep the newest backup of each of the last N hours that have one.
+    #[arg(long, value_name = "N")]
+    pub keep_hourly: Option<u32>,
+    /// … of each of the last N days (UTC) that have one.
+    #[arg(long, value_name = "N")]
+    pub keep_daily: Option<u32>,
+    /// … of each of the last N ISO weeks that have one.
+    #[arg(long, value_name = "N")]
+    pub keep_weekly: Option<u32>,
+    /// … of each of the last N months that have one.
+    #[arg(long, value_name = "N")]
+    pub keep_monthly: Option<u32>,
+    /// … of each of the last N years that have one.
+    #[arg(long, value_name = "N")]
+    pub keep_yearly: Option<u32>,
+    /// Keep every backup taken within this long of the newest, e.g. 7d, 36h.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration_ms)]
+    pub keep_within: Option<i64>,
+    /// Delete every backup older than this (but the newest), e.g. 90d; with
+    /// --keep-* rules, a backup must pass both.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration_ms)]
+    pub max_age: Option<i64>,
+}
+
+impl RetentionArgs {
+    pub fn policy(&self) -> cairn_core::retention::Policy {
+        cairn_core::retention::Policy {
+            keep_last: self.keep_last,
+            keep_hourly: self.keep_hourly,
+            keep_daily: self.keep_daily,
+            keep_weekly: self.keep_weekly,
+            keep_monthly: self.keep_monthly,
+            keep_yearly: self.keep_yearly,
+            keep_within_ms: self.keep_within,
+            max_age_ms: self.max_age,
+        }
+    }
+}
+
+/// `7d`, `36h`, `2w`, `1h30m` (humantime) as milliseconds.
+pub fn parse_duration_ms(s: &str) -> Result<i64, String> {
+    let d = humantime::parse_duration(s.trim())
+        .map_err(|e| format!("{s:?} is not a duration like 7d, 36h or 2w ({e})"))?;
+    i64::try_from(d.as_millis())
+        .ok()
+        .filter(|ms| *ms > 0)
+        .ok_or_else(|| format!("{s:?} must be a positive duration"))
+}
+
+#[derive(Args, Debug)]
+pub struct PullArgs {
+    /// Destination to copy from: s3://…, sftp://… or a directory.
+    pub source: String,
+    /// Local directory to copy into (a destination of its own).
+    pub local: PathBuf,
+    /// Copy every backup, not only the newest of each database.
+    #[arg(long)]
+    pub all: bool,
+    #[command(flatten)]
+    pub key: KeyArgs,
+    #[command(flatten)]
+    pub sandbox: SandboxArgs,
+    #[command(flatten)]
+    pub out: OutputArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct RepairArgs {
+    /// Destination: a directory, s3://… or sftp://….
+    pub dest: String,
+    /// Add archives that no backup names back into the catalog (their
+    /// headers and sums are read; encrypted ones need the key).
+    #[arg(long)]
+    pub adopt: bool,
+    #[command(flatten)]
+    pub key: KeyArgs,
+    /// Print a JSON report on stdout.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Args, Debug)]
@@ -222,7 +360,7 @@ pub struct OutputArgs {
 }
 
 impl OutputArgs {
-    fn progress(&self) -> bool {
+    pub(crate) fn progress(&self) -> bool {
         !self.json && !self.quiet
     }
 }
@@ -250,30 +388,55 @@ fn temp_dir(d: &Option<PathBuf>) -> PathBuf {
     d.clone().unwrap_or_else(std::env::temp_dir)
 }
 
-fn print_json(v: &impl serde::Serialize) -> Result<()> {
+pub(crate) fn print_json(v: &impl serde::Serialize) -> Result<()> {
     let mut out = std::io::stdout().lock();
     serde_json::to_writer_pretty(&mut out, v)?;
     writeln!(out)?;
     Ok(())
 }
 
-fn mib(n: u64) -> String {
+pub(crate) fn mib(n: u64) -> String {
     format!("{:.1} MiB", n as f64 / (1 << 20) as f64)
+}
+
+/// The runtime of the async storage layer; the CPU pipeline keeps its own threads.
+pub fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("cairn-io")
+        .enable_all()
+        .build()
+        .context("cannot start the I/O runtime")
+}
+
+/// Opens a destination argument.
+pub fn open_dest(arg: &str, rt: &tokio::runtime::Runtime) -> Result<Dest> {
+    Dest::open(&Location::parse(arg)?, rt.handle())
 }
 
 /// Runs a parsed command. Errors are returned for main to print.
 pub fn run(cli: Cli) -> Result<()> {
+    let rt = runtime()?;
     match cli.command {
-        Command::Backup(a) => cmd_backup(a),
-        Command::Restore(a) => cmd_restore(a),
-        Command::List(a) => cmd_list(a),
-        Command::Verify(a) => cmd_verify(a),
+        Command::Backup(a) => cmd_backup(a, &rt),
+        Command::Restore(a) => cmd_restore(a, &rt),
+        Command::List(a) => cmd_list(a, &rt),
+        Command::Verify(a) => cmd_verify(a, &rt),
+        Command::Prune(a) => {
+            let d = open_dest(&a.dest, &rt)?;
+            prune::cli(a, &d)
+        }
+        Command::Pull(a) => pull::cli(a, &rt),
+        Command::Repair(a) => {
+            let d = open_dest(&a.dest, &rt)?;
+            repair::cli(a, &d)
+        }
         Command::Keygen(a) => cmd_keygen(a),
         Command::Verifier(a) => cmd_verifier(a),
     }
 }
 
-fn cmd_backup(a: BackupArgs) -> Result<()> {
+fn cmd_backup(a: BackupArgs, rt: &tokio::runtime::Runtime) -> Result<()> {
     if a.encrypt && !a.key.is_given() {
         bail!(
             "--encrypt needs a key: pass --key-file, --key-env, --passphrase-file or --passphrase-env (make a key with `cairn keygen`)"
@@ -296,13 +459,86 @@ fn cmd_backup(a: BackupArgs) -> Result<()> {
         engine: a.engine,
         temp_dir: temp_dir(&a.temp_dir),
         progress: a.out.progress(),
+        prune: None,
     };
-    let storage = LocalDir::new(&a.dest);
-    let r = backup::run(&storage, &opts)?;
-    if a.out.json {
-        return print_json(&r);
+    let policy = a.retention.policy();
+    let opts = match (a.prune, policy.is_empty()) {
+        (true, true) => {
+            bail!("--prune needs a policy: add --keep-daily 7 or other --keep-* options")
+        }
+        (false, false) => bail!("--keep-* options apply only with --prune (or use `cairn prune`)"),
+        (true, false) => {
+            policy.validate().map_err(|e| anyhow!("{e}"))?;
+            backup::BackupOptions {
+                prune: Some(policy),
+                ..opts
+            }
+        }
+        (false, true) => opts,
+    };
+    // A destination that cannot even be opened (bad URL, unknown host key)
+    // is a failed branch like any other.
+    let mut dests = Vec::new();
+    let mut unopened = Vec::new();
+    for d in &a.dests {
+        match open_dest(d, rt) {
+            Ok(x) => dests.push(x),
+            Err(e) => unopened.push(backup::DestResult::failed(d, format!("{e:#}"))),
+        }
     }
-    if !a.out.quiet {
+    let r = if dests.is_empty() {
+        Err(backup::all_failed(&unopened))
+    } else {
+        backup::run(&dests, &opts).map(|mut r| {
+            r.failed += unopened.len();
+            r.destinations.extend(unopened);
+            r
+        })
+    };
+    let r = r?;
+    if a.out.json {
+        print_json(&r)?;
+    } else if !a.out.quiet {
+        print_backup(&r);
+    }
+    if r.failed > 0 {
+        bail!(
+            "{} of {} destinations failed (see above)",
+            r.failed,
+            r.destinations.len()
+        );
+    }
+    Ok(())
+}
+
+fn print_backup(r: &backup::BackupReport) {
+    if r.destinations.len() > 1 {
+        for d in &r.destinations {
+            match (&d.error, d.ok) {
+                (None, true) => eprintln!(
+                    "ok      {}",
+                    d.location.as_deref().unwrap_or(&d.destination)
+                ),
+                (Some(e), true) => eprintln!(
+                    "ok      {} (but: {e})",
+                    d.location.as_deref().unwrap_or(&d.destination)
+                ),
+                (e, false) => eprintln!(
+                    "FAILED  {}: {}",
+                    d.destination,
+                    e.as_deref().unwrap_or("failed")
+                ),
+            }
+        }
+    } else if let Some(e) = r.destinations.first().and_then(|d| d.error.as_ref()) {
+        eprintln!("warning: {e}");
+    }
+    for d in &r.destinations {
+        if let Some(p) = &d.prune {
+            prune::print_summary(p);
+        }
+    }
+    {
         eprintln!(
             "backed up {} ({}) to {} ({}, {:.0}% of the database, {}) in {:.2}s",
             r.database,
@@ -318,13 +554,13 @@ fn cmd_backup(a: BackupArgs) -> Result<()> {
             r.seconds
         );
     }
-    Ok(())
 }
 
-fn cmd_restore(a: RestoreArgs) -> Result<()> {
+fn cmd_restore(a: RestoreArgs, rt: &tokio::runtime::Runtime) -> Result<()> {
     let key = a.key.load()?;
     let opts = restore::RestoreOptions {
         id: a.id,
+        db: a.db,
         output: a.output,
         force: a.force,
         if_db_not_exists: a.if_db_not_exists,
@@ -337,7 +573,7 @@ fn cmd_restore(a: RestoreArgs) -> Result<()> {
         }),
         progress: a.out.progress(),
     };
-    let r = restore::run(&LocalDir::new(&a.dest), &opts)?;
+    let r = restore::run(&open_dest(&a.dest, rt)?, &opts)?;
     if a.out.json {
         return print_json(&r);
     }
@@ -357,21 +593,25 @@ fn cmd_restore(a: RestoreArgs) -> Result<()> {
     Ok(())
 }
 
-fn cmd_list(a: ListArgs) -> Result<()> {
-    let storage = LocalDir::new(&a.dest);
-    let catalog = catalog_store::require(&storage)?;
-    let latest = catalog_store::resolve(&storage, &catalog, None)
-        .ok()
-        .map(|e| e.id);
+fn cmd_list(a: ListArgs, rt: &tokio::runtime::Runtime) -> Result<()> {
+    let dest = open_dest(&a.dest, rt)?;
+    let state = repo::require(&dest)?;
+    let entries: Vec<&cairn_core::catalog::Entry> = state.sorted();
+    let newest = state.newest_per_db();
+    let latest = state.newest(None).map(|e| e.id.clone());
     if a.json {
         #[derive(serde::Serialize)]
         struct Listing<'a> {
+            /// The newest backup overall.
             latest: Option<String>,
-            backups: &'a [cairn_core::catalog::Entry],
+            /// The newest backup of each database.
+            newest: std::collections::BTreeMap<&'a str, &'a str>,
+            backups: &'a [&'a cairn_core::catalog::Entry],
         }
         return print_json(&Listing {
             latest,
-            backups: &catalog.entries,
+            newest: newest.iter().map(|(k, v)| (*k, v.id.as_str())).collect(),
+            backups: &entries,
         });
     }
     let mut out = std::io::stdout().lock();
@@ -380,8 +620,8 @@ fn cmd_list(a: ListArgs) -> Result<()> {
         "{:<26} {:<24} {:>11} {:>11} {:<10} {:<24} DATABASE",
         "ID", "CREATED", "DB SIZE", "STORED", "COMPRESS", "ENCRYPTION"
     )?;
-    for e in &catalog.entries {
-        let mark = if latest.as_deref() == Some(e.id.as_str()) {
+    for e in entries {
+        let mark = if newest.get(e.db_name.as_str()).is_some_and(|n| n.id == e.id) {
             " (latest)"
         } else {
             ""
@@ -401,16 +641,18 @@ fn cmd_list(a: ListArgs) -> Result<()> {
     Ok(())
 }
 
-fn cmd_verify(a: VerifyArgs) -> Result<()> {
+fn cmd_verify(a: VerifyArgs, rt: &tokio::runtime::Runtime) -> Result<()> {
     let opts = verify::VerifyOptions {
         id: a.id,
+        db: a.db,
         all: a.all,
         key: a.key.load()?,
         temp_dir: temp_dir(&a.temp_dir),
         progress: a.out.progress(),
+        download_first: a.download_first,
         ..verify_options(&a.sandbox, !a.no_sandbox)
     };
-    let results = verify::run(&LocalDir::new(&a.dest), &opts)?;
+    let results = verify::run(&open_dest(&a.dest, rt)?, &opts)?;
     let failed = results.iter().filter(|r| !r.ok).count();
     if a.out.json {
         print_json(&results)?;
@@ -450,9 +692,10 @@ fn cmd_verify(a: VerifyArgs) -> Result<()> {
 }
 
 /// Sandbox settings for a verify; the key, id and output are set by the caller.
-fn verify_options(s: &SandboxArgs, sandbox: bool) -> verify::VerifyOptions {
+pub(crate) fn verify_options(s: &SandboxArgs, sandbox: bool) -> verify::VerifyOptions {
     verify::VerifyOptions {
         id: None,
+        db: None,
         all: false,
         key: cairn_core::KeyMaterial::None,
         sandbox,
@@ -461,6 +704,7 @@ fn verify_options(s: &SandboxArgs, sandbox: bool) -> verify::VerifyOptions {
         timeout: s.timeout(),
         temp_dir: std::env::temp_dir(),
         progress: false,
+        download_first: false,
     }
 }
 

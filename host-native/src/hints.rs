@@ -25,3 +25,20 @@ pub fn archive_error(e: anyhow::Error, object: &str, dest: &str) -> anyhow::Erro
     };
     anyhow::anyhow!("{object}: {e}; {hint}")
 }
+
+/// Opening a catalogued object failed: it is missing, or unreadable.
+pub fn open_error(e: std::io::Error, object: &str, dest: &str) -> anyhow::Error {
+    match e.kind() {
+        std::io::ErrorKind::NotFound => anyhow::anyhow!(
+            "{object} is listed in the catalog but missing; use another backup with --id (see `cairn list {dest}`)"
+        ),
+        _ => anyhow::anyhow!("cannot read {object}: {e}"),
+    }
+}
+
+/// The archive decoded, but SQLite's checks failed on the database in it.
+pub fn unsound_error(e: impl std::fmt::Display, object: &str, dest: &str) -> anyhow::Error {
+    anyhow::anyhow!(
+        "{object}: the archive decodes, but the database in it is not sound: {e}; use another backup with --id (see `cairn list {dest}`)"
+    )
+}

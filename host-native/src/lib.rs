@@ -2,11 +2,12 @@
 //! binary runs; other Rust programs can call the same operations.
 //!
 //! - [`backup`], [`restore`], [`verify`]: the operations.
-//! - [`storage`]: where backups live (a trait; a local directory today).
+//! - [`prune`], [`pull`], [`repair`]: retention, copies, catalog rebuild.
+//! - [`storage`]: where backups live (a local directory, S3, SFTP).
+//! - [`repo`]: a destination's catalog (layout 2, reading layout 1).
 //! - [`engine`], [`sandbox`]: the core natively or as a wasm component.
 
 pub mod backup;
-pub mod catalog_store;
 pub mod cli;
 pub mod decode;
 pub mod engine;
@@ -14,6 +15,10 @@ pub mod hints;
 pub mod keys;
 pub mod pipeline;
 pub mod progress;
+pub mod prune;
+pub mod pull;
+pub mod repair;
+pub mod repo;
 pub mod restore;
 pub mod sandbox;
 pub mod snapshot;

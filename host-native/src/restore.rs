@@ -15,11 +15,13 @@ use crate::engine::EngineKind;
 use crate::hints::archive_error;
 use crate::progress::Progress;
 use crate::sandbox::Limits;
-use crate::storage::Storage;
-use crate::{catalog_store, snapshot};
+use crate::storage::Dest;
+use crate::{repo, snapshot};
 
 pub struct RestoreOptions {
     pub id: Option<String>,
+    /// The database whose newest backup to restore, in a shared destination.
+    pub db: Option<String>,
     pub output: PathBuf,
     pub force: bool,
     pub if_db_not_exists: bool,
@@ -44,7 +46,7 @@ pub struct RestoreReport {
     pub seconds: f64,
 }
 
-pub fn run(storage: &dyn Storage, opts: &RestoreOptions) -> Result<RestoreReport> {
+pub fn run(storage: &Dest, opts: &RestoreOptions) -> Result<RestoreReport> {
     let started = Instant::now();
     let out = &opts.output;
     let exists = out.symlink_metadata().is_ok();
@@ -66,8 +68,8 @@ pub fn run(storage: &dyn Storage, opts: &RestoreOptions) -> Result<RestoreReport
             out.display()
         );
     }
-    let catalog = catalog_store::require(storage)?;
-    let entry = catalog_store::resolve(storage, &catalog, opts.id.as_deref())?;
+    let state = repo::require(storage)?;
+    let entry = repo::resolve(storage, &state, opts.id.as_deref(), opts.db.as_deref())?;
     let object = storage.describe(&entry.object);
     let dest = storage.describe("");
     if let Some(v) = &opts.verify_sandboxed {
@@ -78,12 +80,9 @@ pub fn run(storage: &dyn Storage, opts: &RestoreOptions) -> Result<RestoreReport
             )
         })?;
     }
-    let input = storage.open(&entry.object).map_err(|e| match e.kind() {
-        std::io::ErrorKind::NotFound => {
-            anyhow!("{object} is listed in the catalog but missing; use another backup with --id (see `cairn list {dest}`)")
-        }
-        _ => anyhow!("cannot read {object}: {e}"),
-    })?;
+    let input = storage
+        .reader(&entry.object)
+        .map_err(|e| crate::hints::open_error(e, &object, &dest))?;
 
     let dir = parent_dir(out);
     std::fs::create_dir_all(&dir)

@@ -4,6 +4,7 @@
 //! environment; memory is capped and the whole run has a deadline. All the
 //! host takes back is its JSON report.
 
+use std::io::{Read, Write};
 use std::path::Path;
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, OnceLock};
@@ -62,10 +63,18 @@ pub struct Report {
     pub error: Option<Failure>,
 }
 
-/// What to verify: `archive` is a path under `GUEST_DIR`, which maps to `dir`.
+/// Where the guest reads the archive from.
+pub enum Source<'a> {
+    /// `archive` is a path under `GUEST_DIR`, which maps to `dir` (read-only).
+    File { dir: &'a Path, archive: &'a str },
+    /// Streamed into the guest's stdin (a remote object): no copy on disk,
+    /// and the guest gets no directory at all.
+    Stream(Box<dyn Read + Send + 'a>),
+}
+
+/// What to verify.
 pub struct Request<'a> {
-    pub dir: &'a Path,
-    pub archive: &'a str,
+    pub source: Source<'a>,
     pub key: &'a KeyMaterial,
     /// The database size the catalog promises: reserves the image up front.
     pub expect_size: Option<u64>,
@@ -137,15 +146,26 @@ fn aes256gcm_open(key: &[u8], nonce: &[u8], aad: &[u8], mut sealed: Vec<u8>) -> 
 
 /// Runs the verifier. `Err` means the sandbox itself stopped it (a limit, a
 /// trap, a crash); a report with `ok: false` means the archive failed a check.
-pub fn run(req: &Request) -> Result<Report> {
+pub fn run(req: Request) -> Result<Report> {
     let v = verifier()?;
+    let Request {
+        source,
+        key,
+        expect_size,
+        limits,
+        portable,
+    } = req;
+    let (dir, archive, stream) = match source {
+        Source::File { dir, archive } => (Some(dir), archive.to_string(), None),
+        Source::Stream(r) => (None, "-".to_string(), Some(r)),
+    };
     let mut args = vec![
         "cairn-wasi".to_string(),
         "verify".into(),
-        req.archive.to_string(),
+        archive,
         "--json".into(),
     ];
-    let stdin = match req.key {
+    let key_line = match key {
         KeyMaterial::None => String::new(),
         KeyMaterial::Key(k) => {
             args.push("--key-stdin".into());
@@ -156,34 +176,72 @@ pub fn run(req: &Request) -> Result<Report> {
             p.clone()
         }
     };
-    if let Some(n) = req.expect_size {
+    if let Some(n) = expect_size {
         args.extend(["--expect-size".into(), n.to_string()]);
     }
     let stdout = MemoryOutputPipe::new(4 << 20);
     let stderr = MemoryOutputPipe::new(64 << 10);
     let mut wasi = WasiCtx::builder();
     wasi.args(&args)
-        .stdin(MemoryInputPipe::new(stdin.into_bytes()))
         .stdout(stdout.clone())
-        .stderr(stderr.clone())
-        .preopened_dir(req.dir, GUEST_DIR, FsPerms::ReadOnly)
-        .map_err(|e| anyhow!("cannot open {} for the sandbox: {e}", req.dir.display()))?;
-    let hit = Arc::new(AtomicBool::new(false));
-    let mut store = Runtime::get()?.store(wasi.build(), req.limits, hit.clone());
-    let pre = if req.portable {
+        .stderr(stderr.clone());
+    if let Some(dir) = dir {
+        wasi.stdin(MemoryInputPipe::new(key_line.clone().into_bytes()))
+            .preopened_dir(dir, GUEST_DIR, FsPerms::ReadOnly)
+            .map_err(|e| anyhow!("cannot open {} for the sandbox: {e}", dir.display()))?;
+    }
+    let pre = if portable {
         &v.portable
     } else {
         &v.accelerated
     };
-    let exit = pre
-        .instantiate(&mut store)
-        .and_then(|cmd| cmd.wasi_cli_run().call_run(&mut store));
+    let hit = Arc::new(AtomicBool::new(false));
+    let run_guest = |wasi: WasiCtx| -> Result<Result<Result<(), ()>, wasmtime::Error>> {
+        let mut store = Runtime::get()?.store(wasi, limits, hit.clone());
+        Ok(pre
+            .instantiate(&mut store)
+            .and_then(|cmd| cmd.wasi_cli_run().call_run(&mut store)))
+    };
+    let (exit, feed_error) = match stream {
+        None => (run_guest(wasi.build())?, None),
+        Some(mut input) => {
+            // The key's line, then the archive, through an OS pipe that the
+            // guest reads as stdin; a feeder thread copies in bounded pieces.
+            let (reader, mut writer) =
+                std::io::pipe().map_err(|e| anyhow!("cannot make a pipe for the sandbox: {e}"))?;
+            let file = std::fs::File::from(std::os::fd::OwnedFd::from(reader));
+            wasi.stdin(wasmtime_wasi::cli::InputFile::new(file));
+            std::thread::scope(|s| {
+                let feeder = s.spawn(move || -> std::io::Result<()> {
+                    if !key_line.is_empty() {
+                        writer.write_all(format!("{key_line}\n").as_bytes())?;
+                    }
+                    match std::io::copy(&mut input, &mut writer) {
+                        Ok(_) => Ok(()),
+                        // The guest stopped reading (it found a fault): not ours to report.
+                        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+                        Err(e) => Err(e),
+                    }
+                });
+                // The store (and with it the pipe's read end) is dropped when
+                // run_guest returns, so a feeder blocked on a full pipe wakes.
+                let exit = run_guest(wasi.build());
+                let fed = feeder
+                    .join()
+                    .unwrap_or_else(|_| Err(std::io::Error::other("the feeder thread panicked")));
+                Ok::<_, anyhow::Error>((exit?, fed.err()))
+            })?
+        }
+    };
+    if let Some(e) = feed_error {
+        return Err(anyhow!("cannot read the archive: {e}"));
+    }
     let code = match exit {
         Ok(Ok(())) => 0,
         Ok(Err(())) => 1,
         Err(e) => match e.downcast_ref::<I32Exit>() {
             Some(I32Exit(code)) => *code,
-            None => return Err(sandbox::classify(e, &hit, req.limits)),
+            None => return Err(sandbox::classify(e, &hit, limits)),
         },
     };
     let out = stdout.contents();

@@ -15,13 +15,13 @@ use serde::Serialize;
 
 use crate::decode::{check_against_catalog, decode};
 use crate::engine::EngineKind;
-use crate::hints::archive_error;
+use crate::hints::{archive_error, open_error, unsound_error};
 use crate::pipeline::Decoded;
 use crate::progress::Progress;
 use crate::sandbox::Limits;
-use crate::storage::Storage;
+use crate::storage::Dest;
 use crate::verifier::{self, GUEST_DIR, Table};
-use crate::{catalog_store, snapshot};
+use crate::{repo, snapshot};
 
 /// The same checks the sandboxed verifier runs, compiled natively.
 #[path = "../../host-wasi/src/checks.rs"]
@@ -29,6 +29,8 @@ mod checks;
 
 pub struct VerifyOptions {
     pub id: Option<String>,
+    /// The database whose newest backup to check, in a shared destination.
+    pub db: Option<String>,
     pub all: bool,
     pub key: KeyMaterial,
     /// Run the check inside the sandbox (the default) or natively.
@@ -40,6 +42,9 @@ pub struct VerifyOptions {
     pub timeout: Option<Duration>,
     pub temp_dir: PathBuf,
     pub progress: bool,
+    /// For a remote archive: copy it to `temp_dir` first instead of
+    /// streaming it into the sandbox.
+    pub download_first: bool,
 }
 
 #[derive(Debug, Serialize)]
@@ -76,15 +81,16 @@ pub fn sandbox_limits(plain: u64, memory: Option<u64>, timeout: Option<Duration>
     }
 }
 
-pub fn run(storage: &dyn Storage, opts: &VerifyOptions) -> Result<Vec<VerifyResult>> {
-    let catalog = catalog_store::require(storage)?;
-    let entries = if opts.all {
-        catalog.entries.clone()
+pub fn run(storage: &Dest, opts: &VerifyOptions) -> Result<Vec<VerifyResult>> {
+    let state = repo::require(storage)?;
+    let entries: Vec<Entry> = if opts.all {
+        state.sorted().into_iter().cloned().collect()
     } else {
-        vec![catalog_store::resolve(
+        vec![repo::resolve(
             storage,
-            &catalog,
+            &state,
             opts.id.as_deref(),
+            opts.db.as_deref(),
         )?]
     };
     Ok(entries
@@ -93,7 +99,7 @@ pub fn run(storage: &dyn Storage, opts: &VerifyOptions) -> Result<Vec<VerifyResu
         .collect())
 }
 
-fn verify_one(storage: &dyn Storage, entry: &Entry, opts: &VerifyOptions) -> VerifyResult {
+fn verify_one(storage: &Dest, entry: &Entry, opts: &VerifyOptions) -> VerifyResult {
     let started = Instant::now();
     let result = if opts.sandbox {
         check_sandboxed(storage, entry, opts)
@@ -117,28 +123,23 @@ fn verify_one(storage: &dyn Storage, entry: &Entry, opts: &VerifyOptions) -> Ver
     }
 }
 
-fn missing(storage: &dyn Storage, object: &str) -> anyhow::Error {
-    anyhow!(
-        "{object} is listed in the catalog but missing; use another backup with --id (see `cairn list {}`)",
-        storage.describe("")
-    )
-}
-
 /// The sandboxed check of one backup; `restore --verify-sandboxed` runs it
 /// before writing anything.
 pub(crate) fn check_sandboxed(
-    storage: &dyn Storage,
+    storage: &Dest,
     entry: &Entry,
     opts: &VerifyOptions,
 ) -> Result<Checked> {
     let object = storage.describe(&entry.object);
-    // The guest reads the archive from the one directory it is given: the
-    // object's own, or a private copy when the storage is remote.
-    let mut _copy = None;
-    let path = match storage.local_path(&entry.object) {
-        Some(p) if p.is_file() => p,
-        Some(_) => return Err(missing(storage, &object)),
-        None => {
+    let dest = storage.describe("");
+    match storage.local_path(&entry.object) {
+        Some(p) if p.is_file() => check_sandboxed_file(&p, entry, &object, &dest, opts),
+        Some(_) => {
+            let gone = std::io::Error::from(std::io::ErrorKind::NotFound);
+            Err(open_error(gone, &object, &dest))
+        }
+        None if opts.download_first => {
+            // Asked for: a private copy on local disk, then the file check.
             let dir = tempfile::Builder::new()
                 .prefix(".cairn-verify-")
                 .tempdir_in(&opts.temp_dir)
@@ -150,32 +151,62 @@ pub(crate) fn check_sandboxed(
                 })?;
             let p = dir.path().join("archive");
             let mut input = storage
-                .open(&entry.object)
-                .map_err(|e| anyhow!("cannot read {object}: {e}"))?;
+                .reader(&entry.object)
+                .map_err(|e| open_error(e, &object, &dest))?;
             let mut file = std::fs::File::create(&p)?;
             std::io::copy(&mut input, &mut file)
                 .with_context(|| format!("cannot copy {object} to {}", p.display()))?;
-            _copy = Some(dir);
-            p
+            check_sandboxed_file(&p, entry, &object, &dest, opts)
         }
-    };
-    let (dir, name) = split(&path)?;
-    let report = verifier::run(&verifier::Request {
-        dir,
-        archive: &format!("{GUEST_DIR}/{name}"),
+        None => {
+            // Remote: stream the object into the guest; nothing on disk.
+            let input = storage
+                .reader(&entry.object)
+                .map_err(|e| open_error(e, &object, &dest))?;
+            let report = verifier::run(verifier::Request {
+                source: verifier::Source::Stream(Box::new(input)),
+                key: &opts.key,
+                expect_size: Some(entry.plain_size),
+                limits: sandbox_limits(entry.plain_size, opts.memory, opts.timeout),
+                portable: !opts.host_crypto,
+            })
+            .map_err(|e| anyhow!("{object}: {e:#}"))?;
+            judge(report, entry, &object, &dest)
+        }
+    }
+}
+
+/// The sandboxed check of an archive file on this machine (`pull` checks
+/// its download here before keeping it). `object` and `dest` name it in messages.
+pub(crate) fn check_sandboxed_file(
+    path: &Path,
+    entry: &Entry,
+    object: &str,
+    dest: &str,
+    opts: &VerifyOptions,
+) -> Result<Checked> {
+    let (dir, name) = split(path)?;
+    let archive = format!("{GUEST_DIR}/{name}");
+    let report = verifier::run(verifier::Request {
+        source: verifier::Source::File {
+            dir,
+            archive: &archive,
+        },
         key: &opts.key,
         expect_size: Some(entry.plain_size),
         limits: sandbox_limits(entry.plain_size, opts.memory, opts.timeout),
         portable: !opts.host_crypto,
     })
     .map_err(|e| anyhow!("{object}: {e:#}"))?;
+    judge(report, entry, object, dest)
+}
+
+/// The guest's report, checked against the catalog entry.
+fn judge(report: verifier::Report, entry: &Entry, object: &str, dest: &str) -> Result<Checked> {
     let stage = report.error.as_ref().map(|f| f.stage.clone());
     let report = report.into_result().map_err(|e| match stage.as_deref() {
-        Some("sqlite") => anyhow!(
-            "{object}: the archive decodes, but the database in it is not sound: {e}; use another backup with --id (see `cairn list {}`)",
-            storage.describe("")
-        ),
-        Some("decode") => archive_error(e, &object, &storage.describe("")),
+        Some("sqlite") => unsound_error(e, object, dest),
+        Some("decode") => archive_error(e, object, dest),
         _ => anyhow!("{object}: {e}"),
     })?;
     let field = |v: Option<String>, what: &str| {
@@ -192,7 +223,7 @@ pub(crate) fn check_sandboxed(
         stored_len: report.stored_len.unwrap_or_default(),
         stored_sha256: hash(report.stored_sha256, "the archive digest")?,
     };
-    check_against_catalog(&decoded, entry, &object)?;
+    check_against_catalog(&decoded, entry, object)?;
     Ok(Checked {
         page_count: report.page_count,
         tables: report.tables,
@@ -206,12 +237,11 @@ fn split(path: &Path) -> Result<(&Path, String)> {
     }
 }
 
-fn check_native(storage: &dyn Storage, entry: &Entry, opts: &VerifyOptions) -> Result<Checked> {
+fn check_native(storage: &Dest, entry: &Entry, opts: &VerifyOptions) -> Result<Checked> {
     let object = storage.describe(&entry.object);
-    let input = storage.open(&entry.object).map_err(|e| match e.kind() {
-        std::io::ErrorKind::NotFound => missing(storage, &object),
-        _ => anyhow!("cannot read {object}: {e}"),
-    })?;
+    let input = storage
+        .reader(&entry.object)
+        .map_err(|e| open_error(e, &object, &storage.describe("")))?;
     let tmp = tempfile::Builder::new()
         .prefix(".cairn-verify-")
         .tempfile_in(&opts.temp_dir)
@@ -235,12 +265,7 @@ fn check_native(storage: &dyn Storage, entry: &Entry, opts: &VerifyOptions) -> R
     check_against_catalog(&decoded, entry, &object)?;
     let conn = snapshot::open_immutable(tmp.path()).map_err(|e| anyhow!("{object}: {e:#}"))?;
     let mut found = checks::Findings::default();
-    checks::run(&conn, &mut found).map_err(|e| {
-        anyhow!(
-            "{object}: the archive decodes, but the database in it is not sound: {e}; use another backup with --id (see `cairn list {}`)",
-            storage.describe("")
-        )
-    })?;
+    checks::run(&conn, &mut found).map_err(|e| unsound_error(e, &object, &storage.describe("")))?;
     Ok(Checked {
         page_count: found.page_count,
         tables: found

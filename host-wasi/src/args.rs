@@ -8,7 +8,9 @@ usage:
   cairn-wasi verify ARCHIVE [KEY] [--json] [--expect-size BYTES]
       decode ARCHIVE (a path inside a preopened directory), check every chunk
       and checksum, then PRAGMA integrity_check and foreign_key_check on the
-      database inside this module; prints a report; exits 1 on any failure
+      database inside this module; prints a report; exits 1 on any failure.
+      ARCHIVE `-` reads the archive from stdin, after the key's line when
+      --key-stdin or --passphrase-stdin is given (no copy on disk needed)
   cairn-wasi decode [KEY] < ARCHIVE > DATABASE
       decode an archive from stdin to stdout, checking every chunk
 
@@ -67,6 +69,11 @@ pub fn parse(args: impl Iterator<Item = String>) -> Result<Command, String> {
                     v.parse()
                         .map_err(|_| format!("--expect-size takes a byte count, not {v:?}"))?,
                 );
+                None
+            }
+            // `-`: the archive streams in on stdin (after the key's line, if any).
+            "-" if sub == "verify" && archive.is_none() => {
+                archive = Some(a.clone());
                 None
             }
             flag if flag.starts_with('-') => return Err(format!("unknown option {flag}")),

@@ -43,8 +43,14 @@ fn decode(
     aead: AeadFactory,
     report: &mut Report,
 ) -> Result<Vec<u8>, Fail> {
-    let mut file = std::fs::File::open(path)
-        .map_err(|e| ("read", None, format!("cannot open {path}: {e}")))?;
+    let mut file: Box<dyn Read> = if path == "-" {
+        Box::new(std::io::stdin().lock())
+    } else {
+        Box::new(
+            std::fs::File::open(path)
+                .map_err(|e| ("read", None, format!("cannot open {path}: {e}")))?,
+        )
+    };
     let mut dec = Decoder::with_aead(key, aead);
     let mut image = Vec::with_capacity(expect_size.unwrap_or(0).min(MAX_RESERVE) as usize);
     let mut stored = Sha256::new();

@@ -1,6 +1,9 @@
 //! Helpers for cairn's end-to-end tests: the built `cairn` binary, scratch
 //! directories, sample databases, and byte surgery on archives.
 
+pub mod proxy;
+pub mod servers;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -134,11 +137,12 @@ impl Scratch {
         std::fs::read(self.path(rel)).unwrap_or_else(|e| panic!("{rel}: {e}"))
     }
 
-    /// The catalog as JSON.
+    /// The catalog as JSON, `{"entries": [...]}` oldest first, as
+    /// `cairn list --json` reads it (from layout 2's log, or layout 1).
     pub fn catalog(&self, dest: &str) -> serde_json::Value {
-        let v: serde_json::Value =
-            serde_json::from_slice(&self.read(&format!("{dest}/catalog.json"))).unwrap();
-        v["body"].clone()
+        let r = self.run(&["list", dest, "--json"]).ok();
+        let v: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+        serde_json::json!({ "entries": v["backups"].clone() })
     }
 
     /// The object key of the newest backup in `dest`.

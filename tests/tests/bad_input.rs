@@ -278,27 +278,41 @@ fn a_chunk_from_another_archive() {
 }
 
 #[test]
-fn empty_or_missing_catalog() {
+fn empty_or_damaged_catalog() {
     let s = Scratch::new();
     s.run(&["list", "nowhere"])
-        .fails_with(&["nowhere/catalog.json", "no catalog"]);
+        .fails_with(&["nowhere", "no backups"]);
     s.run(&["restore", "nowhere", "-o", "x.db"])
-        .fails_with(&["nowhere/catalog.json", "no catalog"]);
+        .fails_with(&["nowhere", "no backups"]);
     small_backup(&s, false);
-    std::fs::write(s.path("backups/catalog.json"), b"").unwrap();
+    // A damaged log record: every reader names it and says how to repair.
+    let log1 = "backups/log/00000000000000000001.json";
+    let good = s.read(log1);
+    std::fs::write(s.path(log1), b"").unwrap();
     s.run(&["list"])
-        .fails_with(&["backups/catalog.json", "is empty"]);
-    s.run(&["verify"])
-        .fails_with(&["backups/catalog.json", "damaged"]);
+        .fails_with(&[log1, "damaged", "cairn repair"]);
+    s.run(&["verify"]).fails_with(&[log1, "damaged"]);
     s.run(&["restore", "backups", "-o", "x.db"])
-        .fails_with(&["backups/catalog.json", "damaged"]);
-    // A damaged catalog is never overwritten by the next backup.
-    s.run(&["backup", "app.db"])
-        .fails_with(&["backups/catalog.json", "damaged"]);
-    assert_eq!(s.read("backups/catalog.json"), b"");
-    std::fs::remove_file(s.path("backups/catalog.json")).unwrap();
-    s.run(&["restore", "backups", "-o", "x.db"])
-        .fails_with(&["backups/catalog.json", "no catalog"]);
+        .fails_with(&[log1, "damaged"]);
+    // The next backup refuses too, and never writes over it.
+    s.run(&["backup", "app.db"]).fails_with(&[log1, "damaged"]);
+    assert_eq!(s.read(log1), b"");
+    std::fs::write(s.path(log1), &good).unwrap();
+    // A damaged marker.
+    let marker = s.read("backups/cairn.json");
+    std::fs::write(s.path("backups/cairn.json"), b"{}").unwrap();
+    s.run(&["list"])
+        .fails_with(&["backups/cairn.json", "damaged"]);
+    std::fs::write(s.path("backups/cairn.json"), &marker).unwrap();
+    s.run(&["list"]).ok();
+    // Layout 1: an empty or damaged catalog.json.
+    std::fs::create_dir_all(s.path("old")).unwrap();
+    std::fs::write(s.path("old/catalog.json"), b"").unwrap();
+    s.run(&["list", "old"])
+        .fails_with(&["old/catalog.json", "is empty"]);
+    std::fs::write(s.path("old/catalog.json"), b"{\"format\": 1}").unwrap();
+    s.run(&["restore", "old", "-o", "x.db"])
+        .fails_with(&["old/catalog.json", "damaged"]);
 }
 
 #[test]

@@ -3,7 +3,7 @@
 
 use cairn::backup::{self, BackupOptions, Seeds};
 use cairn::engine::EngineKind;
-use cairn::storage::LocalDir;
+use cairn::storage::{Dest, Location};
 use cairn_core::{Compression, KeyMaterial, MasterKey};
 use cairn_e2e::*;
 
@@ -42,9 +42,12 @@ fn native_and_wasm_engines_write_byte_identical_archives() {
                 engine,
                 temp_dir: s.path(".tmp"),
                 progress: false,
+                prune: None,
             };
             std::fs::create_dir_all(s.path(".tmp")).unwrap();
-            let r = backup::run_seeded(&LocalDir::new(&dest), &opts, seeds()).unwrap();
+            let rt = cairn::cli::runtime().unwrap();
+            let d = Dest::open(&Location::Local(dest.clone()), rt.handle()).unwrap();
+            let r = backup::run_seeded(&[d], &opts, seeds()).unwrap();
             objects.push(std::fs::read(dest.join(&r.object)).unwrap());
         }
         assert!(objects[0].len() > 1000);
@@ -59,7 +62,14 @@ fn the_component_manifest_matches_the_native_one() {
     s.make_db("app.db", 500);
     s.run(&["backup", "app.db", "-q"]).ok();
     s.run(&["backup", "app.db", "-q"]).ok();
-    let bytes = s.read("backups/catalog.json");
+    // A layout 1 catalog (what the component parses) of the two entries.
+    let entries: Vec<Entry> =
+        serde_json::from_value(s.catalog("backups")["entries"].clone()).unwrap();
+    let bytes = Catalog {
+        generation: 2,
+        entries,
+    }
+    .render();
     let native = Catalog::parse(&bytes).unwrap();
     let rt = cairn::sandbox::Runtime::get().unwrap();
     let mut guest = rt.instance(cairn::sandbox::Limits::default()).unwrap();

@@ -175,9 +175,8 @@ fn a_slow_archive_is_stopped_by_the_sandbox_deadline() {
 }
 
 fn guest_read(dir: &Path, archive: &str) -> cairn::verifier::Report {
-    cairn::verifier::run(&cairn::verifier::Request {
-        dir,
-        archive,
+    cairn::verifier::run(cairn::verifier::Request {
+        source: cairn::verifier::Source::File { dir, archive },
         key: &cairn_core::KeyMaterial::None,
         expect_size: None,
         limits: cairn::sandbox::Limits::default(),

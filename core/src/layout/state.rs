@@ -1,0 +1,298 @@
+//! A destination's state: the fold of its commits, in sequence order, over
+//! its newest checkpoint. Which backups exist, recent removals (so a
+//! crashed prune's deletes are retried), and the retention plan over them.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::checkpoint::Checkpoint;
+use super::commit::Commit;
+use crate::catalog::{Entry, EntryKind};
+use crate::error::{Error, Result};
+use crate::retention::{self, Decision, Policy};
+
+/// A removal still remembered: its object is deleted again by later prunes
+/// until `REMOVED_KEEP_MS` after it was committed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Removed {
+    pub id: String,
+    pub object: String,
+    pub seq: u64,
+    pub at_ms: i64,
+}
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct State {
+    /// The last commit folded in (0: none).
+    pub seq: u64,
+    /// The time of that commit.
+    pub at_ms: i64,
+    /// Backups by id.
+    pub entries: BTreeMap<String, Entry>,
+    /// Entries of kinds this cairn does not know, by id: kept, never pruned.
+    pub others: BTreeMap<String, Value>,
+    pub removed: Vec<Removed>,
+    /// Things a reader should be told (an id added twice with different contents).
+    pub warnings: Vec<String>,
+}
+
+/// The retention plan for one database.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct GroupPlan {
+    pub db_name: String,
+    pub decisions: Vec<Decision>,
+}
+
+fn entry_order(e: &Entry) -> (i64, &str) {
+    (e.created_at_ms, e.id.as_str())
+}
+
+impl State {
+    pub fn from_checkpoint(c: Checkpoint) -> Result<Self> {
+        let mut s = State {
+            seq: c.seq,
+            at_ms: c.at_ms,
+            removed: c.removed,
+            ..State::default()
+        };
+        for e in c.entries {
+            crate::catalog::validate_object_key(&e.object)?;
+            s.entries.insert(e.id.clone(), e);
+        }
+        for o in c.others {
+            let id = o
+                .get("id")
+                .and_then(Value::as_str)
+                .ok_or_else(|| Error::Catalog("a checkpoint entry has no id".into()))?
+                .to_string();
+            s.others.insert(id, o);
+        }
+        Ok(s)
+    }
+
+    /// Folds in commit `c`, which must come after everything folded so far.
+    pub fn apply(&mut self, c: &Commit) -> Result<()> {
+        if c.seq <= self.seq {
+            return Err(Error::Catalog(format!(
+                "commit {} applied after commit {}",
+                c.seq, self.seq
+            )));
+        }
+        for r in &c.remove {
+            self.entries.remove(&r.id);
+            self.others.remove(&r.id);
+            self.removed.push(Removed {
+                id: r.id.clone(),
+                object: r.object.clone(),
+                seq: c.seq,
+                at_ms: c.created_at_ms,
+            });
+        }
+        for a in &c.add {
+            let id = a.get("id").and_then(Value::as_str).unwrap_or_default();
+            let kind = a.get("kind").and_then(Value::as_str).unwrap_or_default();
+            if kind == "snapshot" {
+                let e: Entry = serde_json::from_value(a.clone()).map_err(|e| {
+                    Error::Catalog(format!(
+                        "{}: entry {id} does not decode ({e})",
+                        super::log_key(c.seq)
+                    ))
+                })?;
+                debug_assert_eq!(e.kind, EntryKind::Snapshot);
+                crate::catalog::validate_object_key(&e.object)?;
+                match self.entries.get(id) {
+                    Some(old) if *old == e => {} // the same commit made twice
+                    Some(_) => self.warnings.push(format!(
+                        "{} adds backup {id} again with other contents; the first is kept",
+                        super::log_key(c.seq)
+                    )),
+                    None => {
+                        self.entries.insert(id.to_string(), e);
+                    }
+                }
+            } else {
+                self.others
+                    .entry(id.to_string())
+                    .or_insert_with(|| a.clone());
+            }
+        }
+        let horizon = c.created_at_ms.saturating_sub(super::REMOVED_KEEP_MS);
+        self.removed.retain(|r| r.at_ms >= horizon);
+        self.seq = c.seq;
+        self.at_ms = c.created_at_ms;
+        Ok(())
+    }
+
+    /// Backups oldest first, by (`created_at_ms`, `id`).
+    pub fn sorted(&self) -> Vec<&Entry> {
+        let mut v: Vec<&Entry> = self.entries.values().collect();
+        v.sort_by(|a, b| entry_order(a).cmp(&entry_order(b)));
+        v
+    }
+
+    /// The newest backup, of one database or of any.
+    pub fn newest(&self, db_name: Option<&str>) -> Option<&Entry> {
+        self.entries
+            .values()
+            .filter(|e| db_name.is_none_or(|n| e.db_name == n))
+            .max_by(|a, b| entry_order(a).cmp(&entry_order(b)))
+    }
+
+    /// The newest backup of each database, by database name.
+    pub fn newest_per_db(&self) -> BTreeMap<&str, &Entry> {
+        let mut out: BTreeMap<&str, &Entry> = BTreeMap::new();
+        for e in self.entries.values() {
+            let slot = out.entry(e.db_name.as_str()).or_insert(e);
+            if entry_order(e) > entry_order(slot) {
+                *slot = e;
+            }
+        }
+        out
+    }
+
+    /// The entry whose object key is `object`.
+    pub fn find_object(&self, object: &str) -> Option<&Entry> {
+        self.entries.values().find(|e| e.object == object)
+    }
+
+    /// Retention, applied to each database's backups on its own (restic's
+    /// grouping by host and paths; here by database name).
+    pub fn retention(&self, policy: &Policy, now_ms: i64) -> Vec<GroupPlan> {
+        let mut groups: BTreeMap<&str, Vec<retention::Item>> = BTreeMap::new();
+        for e in self.entries.values() {
+            groups.entry(&e.db_name).or_default().push(retention::Item {
+                id: &e.id,
+                created_at_ms: e.created_at_ms,
+            });
+        }
+        groups
+            .into_iter()
+            .map(|(db, items)| GroupPlan {
+                db_name: db.to_string(),
+                decisions: retention::plan(&items, policy, now_ms),
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::catalog::snapshot_object_key;
+    use crate::layout::{Checkpoint, Removal};
+
+    pub(crate) fn entry(id: &str, db: &str, at: i64) -> Entry {
+        Entry {
+            id: id.into(),
+            kind: EntryKind::Snapshot,
+            object: snapshot_object_key(id, false),
+            created_at: crate::time::rfc3339(at),
+            created_at_ms: at,
+            source: "sqlite".into(),
+            db_name: db.into(),
+            page_size: 4096,
+            plain_size: 10,
+            plain_sha256: Some("00".repeat(32)),
+            stored_size: 5,
+            stored_sha256: "11".repeat(32),
+            compression: "deflate-6".into(),
+            encryption: "none".into(),
+            key_id: None,
+            archive_id: "22".repeat(16),
+            extra: Default::default(),
+        }
+    }
+
+    fn commit(seq: u64, at: i64, add: &[Entry], remove: &[&Entry]) -> Commit {
+        let mut c = Commit::new(at, "t".into(), [0; 8]);
+        c.seq = seq;
+        for e in add {
+            c.add_entry(e).unwrap();
+        }
+        for e in remove {
+            c.remove.push(Removal {
+                id: e.id.clone(),
+                object: e.object.clone(),
+                reason: "test".into(),
+            });
+        }
+        c
+    }
+
+    #[test]
+    fn folds_adds_removes_and_keeps_unknown_kinds() {
+        let a = entry("a", "app.db", 1);
+        let b = entry("b", "app.db", 2);
+        let mut s = State::default();
+        s.apply(&commit(1, 10, &[a.clone(), b.clone()], &[]))
+            .unwrap();
+        assert_eq!(s.newest(None).unwrap().id, "b");
+        let mut c = commit(2, 20, &[], &[&b]);
+        c.add
+            .push(serde_json::json!({"id": "g1", "kind": "generation", "x": 1}));
+        s.apply(&c).unwrap();
+        assert_eq!(s.newest(None).unwrap().id, "a");
+        assert_eq!(s.others.len(), 1);
+        assert_eq!(s.removed.len(), 1);
+        assert!(s.apply(&commit(2, 30, &[], &[])).is_err());
+        // A checkpoint carries everything, unknown kinds included.
+        let back =
+            State::from_checkpoint(Checkpoint::parse(&Checkpoint::of(&s).render(), 2).unwrap())
+                .unwrap();
+        assert_eq!(back.entries, s.entries);
+        assert_eq!(back.others, s.others);
+        assert_eq!(back.removed, s.removed);
+        // Removals are forgotten a week after they were committed.
+        s.apply(&commit(3, 20 + super::super::REMOVED_KEEP_MS + 1, &[], &[]))
+            .unwrap();
+        assert!(s.removed.is_empty());
+    }
+
+    #[test]
+    fn the_same_add_twice_is_harmless_and_a_different_one_is_reported() {
+        let a = entry("a", "app.db", 1);
+        let mut s = State::default();
+        s.apply(&commit(1, 1, std::slice::from_ref(&a), &[]))
+            .unwrap();
+        s.apply(&commit(2, 2, std::slice::from_ref(&a), &[]))
+            .unwrap();
+        assert!(s.warnings.is_empty());
+        let mut a2 = a.clone();
+        a2.stored_size = 6;
+        s.apply(&commit(3, 3, &[a2], &[])).unwrap();
+        assert_eq!(s.entries["a"], a);
+        assert_eq!(s.warnings.len(), 1);
+    }
+
+    #[test]
+    fn newest_is_by_time_then_id_and_retention_is_per_database() {
+        let mut s = State::default();
+        let es = [
+            entry("x2", "app.db", 5),
+            entry("x1", "app.db", 5),
+            entry("y", "other.db", 9),
+            entry("z", "app.db", 1),
+        ];
+        s.apply(&commit(1, 1, &es, &[])).unwrap();
+        assert_eq!(s.newest(Some("app.db")).unwrap().id, "x2");
+        assert_eq!(s.newest(None).unwrap().id, "y");
+        assert_eq!(s.newest_per_db().len(), 2);
+        let plan = s.retention(
+            &Policy {
+                keep_last: Some(1),
+                ..Policy::default()
+            },
+            100,
+        );
+        assert_eq!(plan.len(), 2);
+        let app = &plan[0];
+        assert_eq!(app.db_name, "app.db");
+        assert_eq!(
+            retention::kept_ids(&app.decisions),
+            ["x2".to_string()].into()
+        );
+        assert_eq!(retention::kept_ids(&plan[1].decisions).len(), 1);
+    }
+}
