@@ -21,10 +21,18 @@ Examples:
   cairn list /mnt/backups
   cairn verify /mnt/backups --all --key-file cairn.key
   cairn restore /mnt/backups -o app.db --key-file cairn.key
+  cairn backup app.db /mnt/backups s3://bucket/app sftp://me@nas/srv/app
+  cairn prune s3://bucket/app --keep-daily 7 --keep-weekly 4 --keep-monthly 3
+  cairn pull sftp://me@server/srv/app ~/app-backups
 
-A destination holds snapshots/, catalog.json and latest.txt; nothing else is
-needed to restore (plus the key, if encrypted). Unencrypted archives are gzip
-files: `gunzip -c backups/snapshots/<id>.db.gz > app.db` works without cairn.";
+Destinations: a directory, file://, s3://bucket/prefix[?endpoint=…&region=…
+&path_style=true] (AWS credential chain) or sftp://user@host[:port]/path
+[?key=FILE] (ssh-agent or a key; the host must be in known_hosts).
+
+A destination holds snapshots/, cairn.json, log/ and checkpoints/; nothing
+else is needed to restore (plus the key, if encrypted). Unencrypted archives
+are gzip files: `gunzip -c backups/snapshots/<id>.db.gz > app.db` works
+without cairn.";
 
 #[derive(Parser, Debug)]
 #[command(name = "cairn", version, about = "Backups of SQLite databases you can trust: consistent, compressed, encrypted, verified in a sandbox.", after_help = AFTER_HELP)]
