@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs the npm packages pinned in tests/js/package-lock.json (jco and the
 # WASI shim it targets) into $CAIRN_NODE_DIR, outside the clone, for
-# tests/tests/jco.rs. Run by setup.sh. Takes milliseconds when they are
+# tests/tests/e2e/jco.rs. Run by setup.sh. Takes milliseconds when they are
 # already installed from the same lock file; `npm ci --prefer-offline` uses
 # npm's cache when it has them. Under CI=true a missing Node or a failed
 # install is an error; elsewhere a warning (the jco test then says it skipped).
@@ -18,7 +18,7 @@ problem() {
         say "error: $*"
         exit 1
     fi
-    say "warning: $*; tests/tests/jco.rs will skip"
+    say "warning: $*; tests/tests/e2e/jco.rs will skip"
     exit 0
 }
 

@@ -61,7 +61,7 @@ fi
 export PATH="$bin:$PATH"
 
 # jco and the WASI shim, for the test that runs the core component from Node
-# (tests/tests/jco.rs); pinned by tests/js/package-lock.json, kept outside the clone.
+# (tests/tests/e2e/jco.rs); pinned by tests/js/package-lock.json, kept outside the clone.
 export CAIRN_NODE_DIR="${CAIRN_NODE_DIR:-$HOME/.cache/cairn-node}"
 bash "$(dirname "${BASH_SOURCE[0]}")/setup-node.sh"
 

@@ -536,7 +536,7 @@ fn run_child(
 fn run_child_spec(spec: &str, env: &[(&str, Option<&str>)]) -> Result<(), String> {
     let mut cmd = Command::new(std::env::current_exe().unwrap());
     cmd.args([
-        "child_connect",
+        "storage_sftp::child_connect",
         "--exact",
         "--ignored",
         "--nocapture",

@@ -1,0 +1,16 @@
+//! The end-to-end suite as one test binary: each module is one area, run with
+//! `cargo test -p cairn-e2e --test e2e <module>::`. One binary, not one per
+//! file, because every test binary links wasmtime, the AWS SDK and russh, and
+//! those links dominated the test command's time.
+
+mod bad_input;
+mod engines;
+mod jco;
+mod layout;
+mod main_job;
+mod proxy_selftest;
+mod remote;
+mod sandbox;
+mod servers_selftest;
+mod storage_s3;
+mod storage_sftp;
