@@ -130,6 +130,7 @@ class Sample:
         self.rss_kib = rss_kib
         self.out_bytes = out_bytes
         self.steps = steps or []
+        self.requests = None  # S3 operations: HTTP requests the server saw
 
 
 def run_steps(steps, env=None, cwd=None):
@@ -182,6 +183,70 @@ def fresh(p):
         shutil.rmtree(p)
     p.mkdir(parents=True)
     return p
+
+
+# --------------------------------------------------------------------------
+# The S3 server both cairn and restic write to
+
+
+class S3Server:
+    """s3s-fs on 127.0.0.1 (it checks SigV4 signatures), its data on the bench's
+    disk. It logs one `s3s::service: req:` line per HTTP request it serves,
+    which is how requests per operation are counted, the same way for every tool."""
+
+    KEY, SECRET = "cairnbench", "cairnbench-secret"
+
+    def __init__(self, binary, root, log):
+        self.root = fresh(root)
+        (self.root / "bench").mkdir()  # a bucket is a directory to s3s-fs
+        self.log = log
+        import socket
+        with socket.socket() as sk:
+            sk.bind(("127.0.0.1", 0))
+            self.port = sk.getsockname()[1]
+        env = dict(os.environ, RUST_LOG="s3s::service=debug", NO_COLOR="1")
+        self.proc = subprocess.Popen(
+            [binary, "--host", "127.0.0.1", "--port", str(self.port),
+             "--access-key", self.KEY, "--secret-key", self.SECRET, self.root],
+            stdout=open(log, "wb"), stderr=subprocess.STDOUT, env=env)
+        deadline = time.time() + 10
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
+                    break
+            except OSError:
+                if self.proc.poll() is not None or time.time() > deadline:
+                    raise BenchError(f"s3s-fs did not start on 127.0.0.1:{self.port}; see {log}")
+                time.sleep(0.05)
+        self.endpoint = f"http://127.0.0.1:{self.port}"
+
+    def env(self, base):
+        return dict(base, AWS_ACCESS_KEY_ID=self.KEY, AWS_SECRET_ACCESS_KEY=self.SECRET,
+                    AWS_REGION="us-east-1", AWS_DEFAULT_REGION="us-east-1",
+                    AWS_EC2_METADATA_DISABLED="true")
+
+    def requests(self):
+        """Requests served so far (count the difference around an operation)."""
+        with open(self.log, "rb") as f:
+            return sum(1 for line in f if b"s3s::service: req:" in line)
+
+    def cairn_url(self, prefix):
+        return f"s3://bench/{prefix}?endpoint={self.endpoint}&region=us-east-1&path_style=true"
+
+    def restic_repo(self, prefix):
+        return f"s3:{self.endpoint}/bench/{prefix}"
+
+    def stop(self):
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+def s3s_fs_binary():
+    p = os.environ.get("CAIRN_S3S_FS") or str(Path.home() / ".cache/cairn-bin/s3s/bin/s3s-fs")
+    return p if os.access(p, os.X_OK) else None
 
 
 # --------------------------------------------------------------------------
@@ -280,6 +345,69 @@ class Bench:
         shutil.rmtree(target)
         return s
 
+    # ---- to and from S3 (s3s-fs): cairn and restic, same server, same disk
+    def _s3_prefix(self, tool):
+        """A fresh prefix per backup; the previous round's data of this tool
+        (restored by then: backups run before restores) is removed first."""
+        self.s3_seq = getattr(self, "s3_seq", {})
+        n = self.s3_seq.get(tool, 0)
+        old = self.s3.root / "bench" / f"{tool}-{n}"
+        if old.exists():
+            shutil.rmtree(old)
+        self.s3_seq[tool] = n + 1
+        return f"{tool}-{n + 1}"
+
+    def cairn_s3_backup(self, rep_dir):
+        url = self.s3.cairn_url(self._s3_prefix("cairn"))
+        argv = [self.cairn, "backup", self.db, url, "-q", "--json", "--key-file", self.key,
+                "--temp-dir", self.work / "tmp"]
+        out = rep_dir / "cairn-s3.json"
+        before = self.s3.requests()
+        s = run_steps([(argv, out, None)], env=self.s3.env(self.env))
+        s.requests = self.s3.requests() - before
+        rep = json.loads(out.read_text())
+        s.out_bytes = rep["stored_size"]
+        self.restore_inputs["cairn-s3"] = url
+        return s
+
+    def cairn_s3_restore(self, rep_dir):
+        out = rep_dir / "restore-cairn-s3.db"
+        argv = [self.cairn, "restore", self.restore_inputs["cairn-s3"], "-o", out, "-q",
+                "--key-file", self.key]
+        before = self.s3.requests()
+        s = run_steps([(argv, None, None)], env=self.s3.env(self.env))
+        s.requests = self.s3.requests() - before
+        self.check_restored(out, "cairn restore from S3")
+        s.out_bytes = out.stat().st_size
+        out.unlink()
+        return s
+
+    def restic_s3_backup(self, rep_dir):
+        repo = self.s3.restic_repo(self._s3_prefix("restic"))
+        env = dict(self.s3.env(self.env), RESTIC_CACHE_DIR=str(rep_dir / "restic-s3-cache"))
+        run_steps([(["restic", "init", "--repo", repo, "-q"], None, None)], env=env)  # not timed
+        before = self.s3.requests()
+        s = run_steps([(["restic", "backup", "--repo", repo, "-q", self.db], None, None)], env=env)
+        s.requests = self.s3.requests() - before
+        bucket_dir = self.s3.root / "bench" / repo.split("/bench/", 1)[1]
+        s.out_bytes = dir_size(bucket_dir)
+        self.restore_inputs["restic-s3"] = repo
+        return s
+
+    def restic_s3_restore(self, rep_dir):
+        target = fresh(rep_dir / "restic-s3-restore")
+        # No local cache for the restore (a new machine restoring): it reads the repository.
+        env = dict(self.s3.env(self.env), RESTIC_CACHE_DIR=str(rep_dir / "restic-s3-restore-cache"))
+        before = self.s3.requests()
+        s = run_steps([(["restic", "restore", "latest", "--repo", self.restore_inputs["restic-s3"],
+                         "-q", "--target", target], None, None)], env=env)
+        s.requests = self.s3.requests() - before
+        out = target / self.db.relative_to(self.db.anchor)
+        self.check_restored(out, "restic restore from S3")
+        s.out_bytes = out.stat().st_size
+        shutil.rmtree(target)
+        return s
+
     # ---- Litestream
     def litestream_sync(self, rep_dir):
         d = fresh(rep_dir / "litestream")
@@ -324,8 +452,24 @@ REF_BACKUP = "cairn compressed+encrypted (native)"
 REF_RESTORE = "cairn restore encrypted (native)"
 
 
-def operations(b, skip):
+S3_OPS = {  # label -> (kind, the restic row it is compared with)
+    "cairn backup to S3 (compressed+encrypted)": ("backup", "restic backup to S3"),
+    "cairn restore from S3 (encrypted)": ("restore", "restic restore from S3"),
+}
+
+
+def s3_operations(b):
+    return [("cairn", "cairn backup to S3 (compressed+encrypted)", "backup", b.cairn_s3_backup),
+            ("restic", "restic backup to S3", "backup", b.restic_s3_backup),
+            ("cairn", "cairn restore from S3 (encrypted)", "restore", b.cairn_s3_restore),
+            ("restic", "restic restore from S3", "restore", b.restic_s3_restore)]
+
+
+def operations(b, skip, only_s3=False):
     """(tool, label, kind, fn(rep_dir) -> Sample). Backups before restores."""
+    s3 = [] if "s3" in skip else s3_operations(b)
+    if only_s3:
+        return s3
     ops = []
     cairn_kinds = [("plain", 0, False), ("compressed", None, False), ("compressed+encrypted", None, True)]
     for engine in ("native", "wasm"):
@@ -347,6 +491,9 @@ def operations(b, skip):
             ops.append(("cairn", f"cairn restore {label} ({engine})", "restore",
                         lambda r, n=name, e=enc, en=engine: b.cairn_restore(r, n, e, en)))
     ops += [(tool, label, "restore", fn) for tool, _, label, _, fn in peers]
+    # S3 last in each round: backups, then restores.
+    ops = [o for o in ops if o[2] == "backup"] + [o for o in s3 if o[2] == "backup"] + \
+          [o for o in ops if o[2] == "restore"] + [o for o in s3 if o[2] == "restore"]
     return ops
 
 
@@ -367,6 +514,9 @@ def summarize(label, tool, kind, samples, size):
         "output_pct_of_db": (100.0 * out / size) if (out is not None and kind == "backup") else None,
         "peak_rss_mib": max(s.rss_kib for s in samples) / 1024,
         "samples_s": [s.seconds for s in samples],
+        "requests": statistics.median(s.requests for s in samples) if samples[0].requests is not None else None,
+        # stored bytes moved per second (upload for a backup, download for a restore)
+        "transfer_mb_per_s": None,
         "steps": samples[-1].steps,
     }
 
@@ -447,6 +597,41 @@ def targets(rows, smoke):
     return res
 
 
+def s3_targets(rows):
+    by = {r["op"]: r for r in rows}
+    res = []
+    for label, factor in (("cairn backup to S3 (compressed+encrypted)", 1.5),
+                          ("cairn restore from S3 (encrypted)", 2.0)):
+        mine, peer = by.get(label), by.get(S3_OPS[label][1])
+        name = f"{label} >= {factor}x faster than {S3_OPS[label][1]}"
+        if mine and peer:
+            r = peer["median_s"] / mine["median_s"]
+            res.append({"target": name, "status": "PASS" if r >= factor else "FAIL", "detail": f"{r:.2f}x"})
+    mine = [r for r in rows if r["tool"] == "cairn"]
+    if mine:
+        m = max(mine, key=lambda r: r["peak_rss_mib"])
+        res.append({"target": "peak RSS of cairn to/from S3 <= 128 MiB", "status":
+                    "PASS" if m["peak_rss_mib"] <= 128 else "FAIL",
+                    "detail": f"{m['peak_rss_mib']:.1f} MiB max ({m['op']})"})
+    return res
+
+
+def print_s3_table(rows, size):
+    head = ["tool", "op", "median s", "MB/s", "transfer MB/s", "stored", "peak RSS MiB", "requests", "ratio"]
+    body = [[r["tool"], r["op"], f"{r['median_s']:.3f}", f"{r['mb_per_s']:.1f}",
+             fmt(r["transfer_mb_per_s"], ".1f"), human(r["stored_bytes"]), f"{r['peak_rss_mib']:.1f}",
+             fmt(r["requests"], ".0f"), fmt(r.get("ratio"), ".2f")] for r in rows]
+    w = [max(len(h), *(len(x[i]) for x in body)) for i, h in enumerate(head)]
+    print(f"\nTo and from S3 (s3s-fs 0.14.1 on 127.0.0.1, its data on the same disk), database {human(size)}. "
+          "MB/s = database size / time; transfer MB/s = stored bytes / time (upload for a backup, "
+          "download for a restore); requests = HTTP requests the server saw; ratio = this op's time / "
+          "cairn's (for restic, > 1 means cairn is faster).")
+    print("| " + " | ".join(h.ljust(x) for h, x in zip(head, w)) + " |")
+    print("|" + "|".join("-" * (x + 2) for x in w) + "|")
+    for x in body:
+        print("| " + " | ".join(c.ljust(k) if i < 2 else c.rjust(k) for i, (c, k) in enumerate(zip(x, w))) + " |")
+
+
 def machine_info():
     cpu = ""
     try:
@@ -500,6 +685,25 @@ def check_well_formed(rows, levels, expected_ops):
         raise BenchError("the table is not well-formed:\n  " + "\n  ".join(bad))
 
 
+def report_s3_only(a, b, db, size, s3_rows, skip):
+    """`--only s3`: the S3 table and its targets (the 4 GiB memory check)."""
+    print_s3_table(s3_rows, size)
+    tg = s3_targets(s3_rows)
+    print("\nTargets (issue 10):")
+    for x in tg:
+        print(f"  {x['status']:4}  {x['target']}: {x['detail']}")
+    out = a.json or (a.cache_dir / f"last-s3-{size}.json")
+    out.write_text(json.dumps({
+        "generated_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "machine": machine_info(), "versions": versions(b, skip),
+        "database": {"path": str(db), "bytes": size},
+        "settings": {"reps": a.reps, "warmup": a.warmup, "only": "s3"},
+        "s3_rows": s3_rows, "targets": tg}, indent=2))
+    say(f"wrote {out}")
+    shutil.rmtree(b.work)
+    return 0
+
+
 # --------------------------------------------------------------------------
 
 
@@ -510,10 +714,11 @@ def main():
     ap.add_argument("--reps", type=int, default=3, help="timed repetitions, median reported (default 3)")
     ap.add_argument("--warmup", type=int, default=1, help="untimed rounds first (default 1)")
     ap.add_argument("--levels", default="1,3,6,9", help="cairn levels for the curve (default 1,3,6,9; '' for none)")
-    ap.add_argument("--skip", default="", help="peers to leave out: gzip,pigz,restic,litestream")
+    ap.add_argument("--skip", default="", help="peers to leave out: gzip,pigz,restic,litestream,s3")
     ap.add_argument("--cache-dir", type=Path,
                     default=Path(os.environ.get("CAIRN_BENCH_CACHE", Path.home() / ".cache" / "cairn-bench")))
     ap.add_argument("--json", type=Path, help="write the whole result here (default CACHE/last-SIZE.json)")
+    ap.add_argument("--only", choices=["s3"], help="run only this part (s3: to and from S3, cairn and restic)")
     ap.add_argument("--smoke", action="store_true",
                     help="a quick run for CI: 20M, 1 rep, no warm-up, levels 1,9; checks the table is well-formed")
     a = ap.parse_args()
@@ -527,8 +732,9 @@ def main():
             a.warmup = 0
         if "--levels" not in explicit:
             a.levels = "1,9"
+    a.only_s3 = a.only == "s3"
     skip = {s.strip() for s in a.skip.split(",") if s.strip()}
-    unknown = skip - {"gzip", "pigz", "restic", "litestream"}
+    unknown = skip - {"gzip", "pigz", "restic", "litestream", "s3"}
     if unknown:
         ap.error(f"--skip: unknown peer(s) {', '.join(sorted(unknown))}")
     levels = [int(x) for x in a.levels.split(",") if x.strip()]
@@ -552,15 +758,29 @@ def run(a, skip, levels):
     work = fresh(a.cache_dir / f"work-{os.getpid()}")  # runs may overlap: each its own
     (work / "tmp").mkdir()
     b = Bench(a, db, work)
-    if "litestream" not in skip and not b.litestream:
+    if "litestream" not in skip and not a.only_s3 and not b.litestream:
         raise BenchError("litestream is not installed (bench/run.sh installs it); or pass --skip litestream")
     if not os.access(TIME, os.X_OK):
         raise BenchError(f"{TIME} (GNU time, Debian package `time`) is missing: bench/run.sh installs it")
-    for tool in ("gzip", "pigz", "restic", "sqlite3"):
+    for tool in ("restic",) if a.only_s3 else ("gzip", "pigz", "restic", "sqlite3"):
         if tool not in skip and not shutil.which(tool):
             raise BenchError(f"{tool} is not installed (bench/run.sh installs it); or pass --skip {tool}")
     run_steps([([a.cairn, "keygen", "-o", b.key], None, None)])
-    ops = operations(b, skip)
+    if "s3" not in skip:
+        binary = s3s_fs_binary()
+        if not binary:
+            raise BenchError("s3s-fs is not installed (bench/run.sh installs it through .ci/setup.sh); "
+                             "or pass --skip s3")
+        b.s3 = S3Server(binary, work / "s3", work / "s3s-fs.log")
+    try:
+        return measure(a, b, db, work, skip, levels)
+    finally:
+        if getattr(b, "s3", None):
+            b.s3.stop()
+
+
+def measure(a, b, db, work, skip, levels):
+    ops = operations(b, skip, a.only_s3)
     size = b.size
     say(f"database {human(size)}; {len(ops)} operations x ({a.warmup} warm-up + {a.reps} timed) rounds")
 
@@ -580,7 +800,7 @@ def run(a, skip, levels):
             say(f"  {label}: {s.seconds:.2f}s, {s.rss_kib / 1024:.0f} MiB")
             if timed:
                 samples[label].append(s)
-        if timed:
+        if timed and not a.only_s3:
             for lv in levels:
                 s = b.cairn_backup(rep_dir, f"level-{lv}", level=lv, encrypt=True)
                 say(f"  cairn --level {lv} (encrypted): {s.seconds:.2f}s, {human(s.out_bytes)}")
@@ -588,7 +808,23 @@ def run(a, skip, levels):
                 shutil.rmtree(rep_dir / f"level-{lv}")
         shutil.rmtree(rep_dir)
 
-    rows = [summarize(label, tool, kind, samples[label], size) for tool, label, kind, _ in ops]
+    all_rows = [summarize(label, tool, kind, samples[label], size) for tool, label, kind, _ in ops]
+    s3_labels = {o[1] for o in s3_operations(b)} if "s3" not in skip else set()
+    s3_rows = [r for r in all_rows if r["op"] in s3_labels]
+    rows = [r for r in all_rows if r["op"] not in s3_labels]
+    if s3_rows:
+        s3_by = {r["op"]: r for r in s3_rows}
+        for r in s3_rows:
+            backup = r if r["kind"] == "backup" else s3_by[r["op"].replace("restore from", "backup to")
+                                                           .replace("(encrypted)", "(compressed+encrypted)")]
+            r["stored_bytes"] = backup["output_bytes"]
+            r["transfer_mb_per_s"] = r["stored_bytes"] / MB / r["median_s"]
+        for label, (kind, peer) in S3_OPS.items():
+            ref = s3_by[label]
+            for r in (ref, s3_by[peer]):
+                r["ratio"] = r["median_s"] / ref["median_s"]
+    if a.only_s3:
+        return report_s3_only(a, b, db, size, s3_rows, skip)
     by = {r["op"]: r for r in rows}
     # .backup alone, from the first step of the gzip and pigz runs
     snap = [st[0]["seconds"] for op in ("sqlite3 .backup + gzip -6", "sqlite3 .backup + pigz -6")
@@ -625,8 +861,10 @@ def run(a, skip, levels):
         print("|" + "|".join("-" * (x + 2) for x in w) + "|")
         for x in body:
             print("| " + " | ".join(c.rjust(k) for c, k in zip(x, w)) + " |")
-    tg = targets(rows, a.smoke)
-    print(f"\nTargets (issue 4){' — smoke run: informative only at this size' if a.smoke else ''}:")
+    if s3_rows:
+        print_s3_table(s3_rows, size)
+    tg = targets(rows, a.smoke) + s3_targets(s3_rows)
+    print(f"\nTargets (issues 4 and 10){' — smoke run: informative only at this size' if a.smoke else ''}:")
     for x in tg:
         print(f"  {x['status']:4}  {x['target']}: {x['detail']}")
 
@@ -641,6 +879,7 @@ def run(a, skip, levels):
                   "peak RSS is ru_maxrss of each command, measured by GNU time (%M)",
                   "cairn fsyncs its archive and catalog; gzip/pigz do not fsync"],
         "rows": rows,
+        "s3_rows": s3_rows,
         "sqlite_backup_alone_median_s": statistics.median(snap) if snap else None,
         "levels": lv_rows,
         "targets": tg,
@@ -650,7 +889,7 @@ def run(a, skip, levels):
     say(f"wrote {out}")
     if a.smoke:
         expected = [op[1] for op in ops]
-        check_well_formed(rows, lv_rows, expected)
+        check_well_formed(rows + s3_rows, lv_rows, expected)
         say(f"smoke: {len(rows)} rows and {len(lv_rows)} levels, all well-formed")
     shutil.rmtree(work)
     return 0

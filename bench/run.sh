@@ -11,13 +11,16 @@ source .ci/setup.sh
 LITESTREAM_VERSION=0.5.17
 
 skip=""
+only=""
 prev=""
 for a in "$@"; do
     case "$a" in --skip=*) skip="${a#--skip=}" ;; esac
+    case "$a" in --only=*) only="${a#--only=}" ;; esac
     [ "$prev" = "--skip" ] && skip="$a"
+    [ "$prev" = "--only" ] && only="$a"
     prev="$a"
 done
-skipped() { [[ ",$skip," == *",$1,"* ]]; }
+skipped() { [[ ",$skip," == *",$1,"* ]] || { [ "$only" = s3 ] && [ "$1" != restic ]; }; }
 
 if [ "$(id -u)" = 0 ]; then SUDO=(); else SUDO=(sudo); fi
 need_apt=()

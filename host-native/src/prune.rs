@@ -22,6 +22,9 @@ use crate::storage::{Dest, now_ms};
 /// How old an archive no entry names must be before a prune deletes it:
 /// longer than any backup takes between its upload and its commit.
 pub const ORPHAN_GRACE_MS: i64 = 24 * 3_600_000;
+/// An orphan sweep records its mark in the log when the mark moved on by at
+/// least this much: one small commit a day for a prune run hourly.
+const SWEEP_MARK_STEP_MS: i64 = 24 * 3_600_000;
 
 pub struct PruneOptions {
     pub policy: Policy,
@@ -41,9 +44,12 @@ pub struct PruneReport {
     pub removed: usize,
     /// The log record of the removal (none when nothing was removed).
     pub commit: Option<u64>,
-    /// Archives deleted: those just removed, leftovers of earlier prunes,
-    /// and orphans past the grace period.
+    /// Archives deleted: those this prune removed, and orphans past the
+    /// grace period.
     pub deleted_objects: usize,
+    /// Deletes repeated for removals of earlier prunes (in case one crashed
+    /// before its deletes); usually of objects already gone.
+    pub retried_deletes: usize,
     pub orphans_deleted: usize,
     pub temps_swept: usize,
     pub warnings: Vec<String>,
@@ -84,6 +90,7 @@ pub fn run(dest: &Dest, opts: &PruneOptions) -> Result<PruneReport> {
         removed: removals.len(),
         commit: None,
         deleted_objects: 0,
+        retried_deletes: 0,
         orphans_deleted: 0,
         temps_swept: 0,
         warnings: loaded.state.warnings.clone(),
@@ -98,49 +105,37 @@ pub fn run(dest: &Dest, opts: &PruneOptions) -> Result<PruneReport> {
         report.commit = Some(repo::write::append(dest, &mut loaded, c)?);
     }
     // Step 2: every removal still remembered (this one's and earlier ones').
-    let mut doomed: Vec<String> = loaded
+    // Deleting an absent object succeeds, so no listing is needed: the cost
+    // stays one request per 1,000 archives removed, whatever the destination holds.
+    let named = loaded.state.named_objects();
+    let this_commit = report.commit;
+    let mut doomed: Vec<(&str, bool)> = loaded
         .state
         .removed
         .iter()
-        .map(|r| r.object.clone())
-        .filter(|o| loaded.state.find_object(o).is_none())
+        .filter(|r| !named.contains(r.object.as_str()))
+        .map(|r| (r.object.as_str(), Some(r.seq) == this_commit))
         .collect();
     doomed.sort();
-    doomed.dedup();
-    // Count only what is still there, so the report says what this run did.
-    let present: std::collections::BTreeSet<String> = dest
-        .list(SNAPSHOT_PREFIX, None)
-        .with_context(|| format!("cannot list {}", dest.describe(SNAPSHOT_PREFIX)))?
-        .into_iter()
-        .map(|o| o.key)
-        .collect();
-    doomed.retain(|o| present.contains(o));
-    dest.delete(&doomed).with_context(|| {
+    doomed.dedup_by(|a, b| a.0 == b.0);
+    let keys: Vec<String> = doomed.iter().map(|(k, _)| k.to_string()).collect();
+    dest.delete(&keys).with_context(|| {
         format!(
             "cannot delete archives in {}",
             dest.describe(SNAPSHOT_PREFIX)
         )
     })?;
-    report.deleted_objects = doomed.len();
+    report.deleted_objects = doomed.iter().filter(|d| d.1).count();
+    report.retried_deletes = doomed.len() - report.deleted_objects;
 
     // Step 3: orphans. Re-read the catalog first: a backup that committed
-    // since the listing names its archive there.
+    // since the first read names its archive there. The listing starts near
+    // the last sweep's mark (keys sort by time), not at the first archive.
     let fresh = repo::load(dest)?;
-    let named: std::collections::BTreeSet<&str> = fresh
-        .state
-        .entries
-        .values()
-        .map(|e| e.object.as_str())
-        .chain(
-            fresh
-                .state
-                .others
-                .values()
-                .filter_map(|v| v.get("object").and_then(|o| o.as_str())),
-        )
-        .collect();
+    let named = fresh.state.named_objects();
+    let start = fresh.state.sweep_start_key();
     let listing = dest
-        .list(SNAPSHOT_PREFIX, None)
+        .list(SNAPSHOT_PREFIX, start.as_deref())
         .with_context(|| format!("cannot list {}", dest.describe(SNAPSHOT_PREFIX)))?;
     let orphans: Vec<String> = listing
         .into_iter()
@@ -156,6 +151,16 @@ pub fn run(dest: &Dest, opts: &PruneOptions) -> Result<PruneReport> {
     })?;
     report.orphans_deleted = orphans.len();
     report.deleted_objects += orphans.len();
+    // Record how far this sweep looked, after it did, so a crash before here
+    // only means the next prune looks again. At most one such commit a day.
+    let mark = now - ORPHAN_GRACE_MS;
+    let mut fresh = fresh;
+    if mark >= fresh.state.swept_before_ms + SWEEP_MARK_STEP_MS {
+        let mut c = repo::write::new_commit();
+        c.swept_before_ms = Some(mark);
+        c.note = Some("prune: orphan sweep".into());
+        repo::write::append(dest, &mut fresh, c)?;
+    }
     report.temps_swept = dest
         .sweep_temps(ORPHAN_GRACE_MS)
         .with_context(|| format!("cannot remove temp files in {}", dest.describe("")))?;

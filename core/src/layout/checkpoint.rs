@@ -25,6 +25,9 @@ pub struct Checkpoint {
     pub others: Vec<Value>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub removed: Vec<Removed>,
+    /// The newest orphan-sweep mark of the log (Commit::swept_before_ms).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub swept_before_ms: Option<i64>,
 }
 
 impl Checkpoint {
@@ -35,6 +38,7 @@ impl Checkpoint {
             entries: state.sorted().into_iter().cloned().collect(),
             others: state.others.values().cloned().collect(),
             removed: state.removed.clone(),
+            swept_before_ms: (state.swept_before_ms > 0).then_some(state.swept_before_ms),
         }
     }
 

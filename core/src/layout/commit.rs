@@ -41,6 +41,11 @@ pub struct Commit {
     pub add: Vec<Value>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub note: Option<String>,
+    /// Set by a prune whose orphan sweep examined every archive whose key's
+    /// time is before this: later sweeps start near it (State::sweep_start_key)
+    /// instead of listing all of `snapshots/`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub swept_before_ms: Option<i64>,
 }
 
 impl Commit {
@@ -54,6 +59,7 @@ impl Commit {
             remove: Vec::new(),
             add: Vec::new(),
             note: None,
+            swept_before_ms: None,
         }
     }
 

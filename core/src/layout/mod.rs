@@ -36,6 +36,9 @@ pub const CHECKPOINT_EVERY: u64 = 16;
 /// How long a removal stays in the state, so that later prunes delete its
 /// object again if the first delete did not happen (a crash, a failed request).
 pub const REMOVED_KEEP_MS: i64 = 7 * 86_400_000;
+/// How far before the last orphan sweep's mark the next sweep starts
+/// listing: covers writers whose clocks lag by up to two days.
+pub const SWEEP_MARGIN_MS: i64 = 2 * 86_400_000;
 
 /// `log/00000000000000000042.json`: fixed width, so keys sort by number.
 pub fn log_key(seq: u64) -> String {

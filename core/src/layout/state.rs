@@ -36,6 +36,9 @@ pub struct State {
     pub removed: Vec<Removed>,
     /// Things a reader should be told (an id added twice with different contents).
     pub warnings: Vec<String>,
+    /// Archives whose key's time is before this were examined by an orphan
+    /// sweep (0: never swept).
+    pub swept_before_ms: i64,
 }
 
 /// The retention plan for one database.
@@ -55,6 +58,7 @@ impl State {
             seq: c.seq,
             at_ms: c.at_ms,
             removed: c.removed,
+            swept_before_ms: c.swept_before_ms.unwrap_or(0),
             ..State::default()
         };
         for e in c.entries {
@@ -118,6 +122,9 @@ impl State {
                     .or_insert_with(|| a.clone());
             }
         }
+        if let Some(t) = c.swept_before_ms {
+            self.swept_before_ms = self.swept_before_ms.max(t);
+        }
         let horizon = c.created_at_ms.saturating_sub(super::REMOVED_KEEP_MS);
         self.removed.retain(|r| r.at_ms >= horizon);
         self.seq = c.seq;
@@ -150,6 +157,33 @@ impl State {
             }
         }
         out
+    }
+
+    /// Where an orphan sweep starts listing `snapshots/`: `SWEEP_MARGIN_MS`
+    /// before the last sweep's mark, so a writer whose clock was behind by
+    /// less than that still has its orphans found. `None`: from the start.
+    pub fn sweep_start_key(&self) -> Option<String> {
+        (self.swept_before_ms > 0).then(|| {
+            let t = self.swept_before_ms.saturating_sub(super::SWEEP_MARGIN_MS);
+            format!(
+                "{}{}",
+                crate::catalog::SNAPSHOT_PREFIX,
+                crate::time::compact(t.max(0))
+            )
+        })
+    }
+
+    /// The object keys every entry (of any kind) names.
+    pub fn named_objects(&self) -> std::collections::BTreeSet<&str> {
+        self.entries
+            .values()
+            .map(|e| e.object.as_str())
+            .chain(
+                self.others
+                    .values()
+                    .filter_map(|v| v.get("object").and_then(Value::as_str)),
+            )
+            .collect()
     }
 
     /// The entry whose object key is `object`.
@@ -248,6 +282,37 @@ mod tests {
         s.apply(&commit(3, 20 + super::super::REMOVED_KEEP_MS + 1, &[], &[]))
             .unwrap();
         assert!(s.removed.is_empty());
+    }
+
+    #[test]
+    fn the_sweep_mark_only_moves_forward_and_survives_a_checkpoint() {
+        let mut s = State::default();
+        assert_eq!(
+            s.sweep_start_key(),
+            None,
+            "never swept: list from the start"
+        );
+        let day = 86_400_000;
+        let mark = 1_796_170_524_226; // 2026-12-02T00:15:24Z
+        let mut c = commit(1, mark + day, &[], &[]);
+        c.swept_before_ms = Some(mark);
+        s.apply(&c).unwrap();
+        let mut older = commit(2, mark + day, &[], &[]);
+        older.swept_before_ms = Some(mark - 5 * day);
+        s.apply(&older).unwrap();
+        assert_eq!(s.swept_before_ms, mark);
+        // Two days before the mark, in the archive ids' time format.
+        assert_eq!(
+            s.sweep_start_key().as_deref(),
+            Some("snapshots/20261130T001524Z")
+        );
+        let back =
+            State::from_checkpoint(Checkpoint::parse(&Checkpoint::of(&s).render(), 2).unwrap())
+                .unwrap();
+        assert_eq!(back.swept_before_ms, mark);
+        // A commit without a mark (any backup) leaves it as it is.
+        s.apply(&commit(3, mark + 2 * day, &[], &[])).unwrap();
+        assert_eq!(s.swept_before_ms, mark);
     }
 
     #[test]

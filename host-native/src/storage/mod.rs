@@ -183,3 +183,45 @@ pub fn now_ms() -> i64 {
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0)
 }
+
+/// Whether `key` (relative to a destination) is a name cairn writes: the
+/// layout's objects (docs/FORMAT.md §12.1, and layout 1's §7.1). Sweeps of
+/// unfinished uploads touch nothing else, since a destination may share its
+/// bucket or directory with other programs.
+pub fn is_layout_key(key: &str) -> bool {
+    use cairn_core::{catalog::SNAPSHOT_PREFIX, layout};
+    [
+        SNAPSHOT_PREFIX,
+        layout::LOG_PREFIX,
+        layout::CHECKPOINT_PREFIX,
+    ]
+    .iter()
+    .any(|p| key.starts_with(p))
+        || [layout::MARKER_KEY, "latest.txt", "catalog.json"].contains(&key)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn only_layout_keys_are_cairns() {
+        for k in [
+            "snapshots/x.db.gz",
+            "log/00000000000000000001.json",
+            "checkpoints/1.json",
+            "cairn.json",
+            "latest.txt",
+            "catalog.json",
+        ] {
+            assert!(super::is_layout_key(k), "{k}");
+        }
+        for k in [
+            "photos/a.jpg",
+            "snapshotsx",
+            "cairn.json.bak",
+            "",
+            "other/log/1.json",
+        ] {
+            assert!(!super::is_layout_key(k), "{k}");
+        }
+    }
+}

@@ -980,8 +980,10 @@ impl Inner {
                     continue;
                 };
                 let started = u.initiated().and_then(|t| t.to_millis().ok());
-                if started.is_some_and(|t| t < cutoff) {
-                    let key = full.strip_prefix(self.prefix.as_str()).unwrap_or(full);
+                let key = full.strip_prefix(self.prefix.as_str()).unwrap_or(full);
+                // With a destination at the bucket's root, the listing holds
+                // other programs' uploads too: abort only cairn's own.
+                if started.is_some_and(|t| t < cutoff) && super::is_layout_key(key) {
                     if self.abort_was_there(key, full, id).await? {
                         removed += 1;
                     }

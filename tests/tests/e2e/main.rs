@@ -6,6 +6,7 @@
 mod bad_input;
 mod engines;
 mod jco;
+mod kill;
 mod layout;
 mod main_job;
 mod proxy_selftest;
