@@ -8,6 +8,7 @@ mod engines;
 mod jco;
 mod layout;
 mod main_job;
+mod postgres;
 mod proxy_selftest;
 mod remote;
 mod sandbox;
