@@ -26,6 +26,9 @@ compgen -G '/usr/lib/llvm-19/lib/clang/19/lib/wasi*/libclang_rt.builtins*' >/dev
     need_apt+=(libclang-rt-19-dev-wasm32)
 # The SFTP tests run a private sshd on a high port (tests/src/servers.rs).
 [ -x /usr/sbin/sshd ] || need_apt+=(openssh-server)
+# The PostgreSQL tests run a private server (initdb + postgres as the
+# `postgres` user, tests/src/postgres.rs) and pg_dump, pg_restore, psql, pgbench.
+compgen -G '/usr/lib/postgresql/*/bin/pgbench' >/dev/null || need_apt+=(postgresql)
 if ((${#need_apt[@]})); then
     say "installing ${need_apt[*]} with apt-get"
     if [ "$(id -u)" = 0 ]; then SUDO=(); else SUDO=(sudo); fi

@@ -50,6 +50,17 @@ pub struct Entry {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key_id: Option<String>,
     pub archive_id: String,
+    /// PostgreSQL backups: the server's version, as pg_dump recorded it in
+    /// the dump's header (absent for other sources and older entries).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_version: Option<String>,
+    /// PostgreSQL backups: the dump's format and archive version, e.g.
+    /// `pg_dump custom 1.14`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dump_format: Option<String>,
+    /// PostgreSQL backups: the version of the pg_dump that wrote the dump.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pg_dump_version: Option<String>,
     /// Fields this cairn does not know, kept so that rewriting an entry
     /// written by a newer cairn does not drop them.
     #[serde(flatten)]
@@ -86,6 +97,9 @@ impl Entry {
             encryption: meta.encryption.describe().into(),
             key_id,
             archive_id: meta.archive_id_hex(),
+            server_version: None,
+            dump_format: None,
+            pg_dump_version: None,
             extra: Default::default(),
         }
     }
@@ -217,8 +231,18 @@ pub fn snapshot_id(created_at_ms: i64, random: [u8; 4]) -> String {
 
 /// Where a snapshot object lives in the destination.
 pub fn snapshot_object_key(id: &str, encrypted: bool) -> String {
-    let ext = if encrypted { "db.cairn" } else { "db.gz" };
-    format!("{SNAPSHOT_PREFIX}{id}.{ext}")
+    object_key(id, crate::SourceKind::Sqlite, encrypted)
+}
+
+/// Where a backup of `source` lives: the extension tells people what a
+/// decoded copy is (`.db` a SQLite file, `.pgdump` a pg_dump archive).
+pub fn object_key(id: &str, source: crate::SourceKind, encrypted: bool) -> String {
+    let what = match source {
+        crate::SourceKind::Postgres => "pgdump",
+        crate::SourceKind::Sqlite | crate::SourceKind::File => "db",
+    };
+    let ext = if encrypted { "cairn" } else { "gz" };
+    format!("{SNAPSHOT_PREFIX}{id}.{what}.{ext}")
 }
 
 /// The contents of `latest.txt`: the newest object's key and a newline.
@@ -281,6 +305,9 @@ mod tests {
             encryption: "none".into(),
             key_id: None,
             archive_id: "22".repeat(16),
+            server_version: None,
+            dump_format: None,
+            pg_dump_version: None,
             extra: Default::default(),
         }
     }
@@ -296,6 +323,27 @@ mod tests {
         assert_eq!(parsed, c);
         assert_eq!(parsed.newest().unwrap().id, "b");
         assert!(c.add(entry("a", 3)).is_err());
+    }
+
+    #[test]
+    fn postgres_fields_are_optional_and_kept() {
+        let mut e = entry("a", 1);
+        let old = serde_json::to_value(&e).unwrap();
+        assert!(old.get("server_version").is_none());
+        let parsed: Entry = serde_json::from_value(old).unwrap();
+        assert_eq!(parsed.server_version, None);
+        e.server_version = Some("15.14".into());
+        e.dump_format = Some("pg_dump custom 1.14".into());
+        let back: Entry = serde_json::from_value(serde_json::to_value(&e).unwrap()).unwrap();
+        assert_eq!(back, e);
+        assert_eq!(
+            object_key("x", crate::SourceKind::Postgres, false),
+            "snapshots/x.pgdump.gz"
+        );
+        assert_eq!(
+            object_key("x", crate::SourceKind::Sqlite, true),
+            "snapshots/x.db.cairn"
+        );
     }
 
     #[test]

@@ -274,6 +274,9 @@ fn entry_in(e: manifest::Entry) -> Entry {
         encryption: e.encryption,
         key_id: e.key_id,
         archive_id: e.archive_id,
+        server_version: None,
+        dump_format: None,
+        pg_dump_version: None,
         extra: Default::default(),
     }
 }

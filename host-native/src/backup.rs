@@ -1,5 +1,6 @@
-//! `cairn backup`: snapshot, encode once, write to every destination
-//! (fan-out), then one commit in each destination's log.
+//! `cairn backup`: read the source (a SQLite snapshot or pg_dump's
+//! stream), encode once, write to every destination (fan-out), then, only
+//! if the source ended well, one commit in each destination's log.
 
 use std::path::PathBuf;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
@@ -12,11 +13,13 @@ use serde::Serialize;
 
 use crate::engine::{self, EngineKind};
 use crate::progress::Progress;
+use crate::sources::Source;
 use crate::storage::{Cond, Dest, Put, Tee};
-use crate::{pipeline, repo, snapshot};
+use crate::{pipeline, repo};
 
 pub struct BackupOptions {
-    pub db: PathBuf,
+    /// What to back up: a SQLite file or a PostgreSQL database.
+    pub source: Source,
     pub key: KeyMaterial,
     pub compression: Compression,
     pub chunk_size: u32,
@@ -69,8 +72,12 @@ pub struct BackupReport {
     pub encryption: String,
     pub engine: EngineKind,
     /// How the snapshot was taken: "pinned" (read in place under a read
-    /// transaction) or "copy" (SQLite's backup API into a temp file).
+    /// transaction) or "copy" (SQLite's backup API into a temp file), or
+    /// "pg_dump" (PostgreSQL).
     pub snapshot: &'static str,
+    /// PostgreSQL: the server's version, from the dump's header.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub server_version: Option<String>,
     pub seconds: f64,
     /// Destinations that failed (the exit status is non-zero if any did).
     pub failed: usize,
@@ -140,7 +147,7 @@ pub fn run(dests: &[Dest], opts: &BackupOptions) -> Result<BackupReport> {
 /// source, the encode, or every destination is an `Err`.
 pub fn run_seeded(dests: &[Dest], opts: &BackupOptions, seeds: Seeds) -> Result<BackupReport> {
     let started = Instant::now();
-    snapshot::check_is_sqlite(&opts.db)?;
+    opts.source.check()?;
     if dests.is_empty() {
         bail!("no destination given");
     }
@@ -167,16 +174,11 @@ pub fn run_seeded(dests: &[Dest], opts: &BackupOptions, seeds: Seeds) -> Result<
         return Err(all_failed(&results));
     }
 
-    let snap = snapshot::take(&opts.db, &opts.temp_dir)?;
-    let db_name = opts
-        .db
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
+    let mut snap = opts.source.open(&opts.temp_dir)?;
     let params = WriterParams {
         archive_id: seeds.archive_id,
-        source: SourceKind::Sqlite,
-        db_name: db_name.clone(),
+        source: opts.source.kind(),
+        db_name: opts.source.catalog_name(),
         created_at_ms: seeds.created_at_ms,
         page_size: snap.page_size,
         chunk_size: opts.chunk_size,
@@ -184,7 +186,7 @@ pub fn run_seeded(dests: &[Dest], opts: &BackupOptions, seeds: Seeds) -> Result<
         encryption: encryption_params(&opts.key, &seeds)?,
     };
     let id = catalog::snapshot_id(seeds.created_at_ms, seeds.id_suffix);
-    let object = catalog::snapshot_object_key(&id, params.encryption.is_some());
+    let object = catalog::object_key(&id, params.source, params.encryption.is_some());
     for ((d, l), r) in dests.iter().zip(&mut loaded).zip(&mut results) {
         if l.as_ref().is_some_and(|l| {
             l.state.entries.contains_key(&id) || l.state.find_object(&object).is_some()
@@ -199,7 +201,10 @@ pub fn run_seeded(dests: &[Dest], opts: &BackupOptions, seeds: Seeds) -> Result<
     let workers = pipeline::workers();
     let encoders = engine::encoders(opts.engine, &params, workers + 1)?;
 
-    let progress = Progress::bytes(opts.progress, snap.size, "backup");
+    let progress = match snap.size {
+        Some(size) => Progress::bytes(opts.progress, size, "backup"),
+        None => Progress::counter(opts.progress, "backup"),
+    };
     let live: Vec<usize> = (0..dests.len()).filter(|&i| loaded[i].is_some()).collect();
     let mut tee = Tee::new(
         live.iter()
@@ -210,7 +215,11 @@ pub fn run_seeded(dests: &[Dest], opts: &BackupOptions, seeds: Seeds) -> Result<
     let encoded = pipeline::encode(
         seeds.archive_id,
         input,
-        "the snapshot",
+        if opts.source.kind() == SourceKind::Postgres {
+            "pg_dump's output"
+        } else {
+            "the snapshot"
+        },
         opts.chunk_size as usize,
         encoders,
         &mut tee,
@@ -231,16 +240,28 @@ pub fn run_seeded(dests: &[Dest], opts: &BackupOptions, seeds: Seeds) -> Result<
     };
     progress.finish();
     let snapshot = snap.method();
-    drop(snap);
+    // The source's verdict comes before any commit: a pg_dump that failed
+    // or was killed ended its stream like a finished one.
+    let finished = match snap.finish() {
+        Ok(f) => f,
+        Err(e) => {
+            // Dropping the writers abandons the uploads: nothing is published.
+            drop(tee);
+            return Err(anyhow!("{e:#}; nothing was kept"));
+        }
+    };
 
     let meta = cairn_core::ArchiveWriter::new(params)?.metadata().clone();
-    let entry = Entry::for_snapshot(
+    let mut entry = Entry::for_snapshot(
         id.clone(),
         object.clone(),
         &meta,
         (encoded.trailer.plain_len, encoded.trailer.sha256),
         (encoded.stored_len, encoded.stored_sha256),
     );
+    entry.server_version = finished.server_version.clone();
+    entry.dump_format = finished.dump_format;
+    entry.pg_dump_version = finished.pg_dump_version;
     for (&i, branch) in live.iter().zip(tee.branches) {
         let d = &dests[i];
         let r = &mut results[i];
@@ -304,7 +325,7 @@ pub fn run_seeded(dests: &[Dest], opts: &BackupOptions, seeds: Seeds) -> Result<
         id,
         location: first_ok.location.clone().unwrap_or_default(),
         object,
-        database: opts.db.display().to_string(),
+        database: opts.source.describe(),
         plain_size: entry.plain_size,
         stored_size: entry.stored_size,
         plain_sha256: hex::encode(encoded.trailer.sha256),
@@ -313,6 +334,7 @@ pub fn run_seeded(dests: &[Dest], opts: &BackupOptions, seeds: Seeds) -> Result<
         encryption: entry.encryption,
         engine: opts.engine,
         snapshot,
+        server_version: finished.server_version,
         seconds: started.elapsed().as_secs_f64(),
         failed: results
             .iter()

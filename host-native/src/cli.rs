@@ -24,6 +24,8 @@ Examples:
   cairn backup app.db /mnt/backups s3://bucket/app sftp://me@nas/srv/app
   cairn prune s3://bucket/app --keep-daily 7 --keep-weekly 4 --keep-monthly 3
   cairn pull sftp://me@server/srv/app ~/app-backups
+  PGPASSWORD=… cairn backup postgres://app@db:5432/shop /mnt/backups
+  cairn restore /mnt/backups --db postgres://db:5432/shop --to postgres://app@db/shop2 --create
 
 Destinations: a directory, file://, s3://bucket/prefix[?endpoint=…&region=…
 &path_style=true] (AWS credential chain) or sftp://user@host[:port]/path
@@ -35,7 +37,7 @@ are gzip files: `gunzip -c backups/snapshots/<id>.db.gz > app.db` works
 without cairn.";
 
 #[derive(Parser, Debug)]
-#[command(name = "cairn", version, about = "Backups of SQLite databases you can trust: consistent, compressed, encrypted, verified in a sandbox.", after_help = AFTER_HELP)]
+#[command(name = "cairn", version, about = "Backups of SQLite and PostgreSQL databases you can trust: consistent, compressed, encrypted, verified in a sandbox.", after_help = AFTER_HELP)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -43,17 +45,23 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
-    /// Take a consistent online snapshot of a SQLite database and store it.
+    /// Take a consistent online snapshot of a SQLite or PostgreSQL database and store it.
     ///
-    /// Uses SQLite's online backup API: other processes keep writing, and
-    /// committed data still in the WAL is included. The archive is written
-    /// under a temporary name, fsynced and renamed; the catalog and then
-    /// latest.txt are updated last.
+    /// SQLite: uses SQLite's online backup API: other processes keep
+    /// writing, and committed data still in the WAL is included.
+    /// PostgreSQL (a postgres:// URL): runs `pg_dump -Fc -Z0` and streams
+    /// its output into the archive; the backup counts only if pg_dump exits
+    /// 0. The archive is written under a temporary name, fsynced and
+    /// renamed; the catalog and then latest.txt are updated last.
     Backup(BackupArgs),
-    /// Restore a backup to a new database file (never overwrites without --force).
+    /// Restore a backup to a new database file (never overwrites without
+    /// --force), or into PostgreSQL with --to.
     ///
-    /// Decodes into a temporary file beside the target, checks every chunk,
-    /// the SHA-256 sums and PRAGMA integrity_check, then renames it into place.
+    /// -o: decodes into a temporary file beside the target, checks every
+    /// chunk, the SHA-256 sums and (for SQLite) PRAGMA integrity_check, then
+    /// renames it into place. A PostgreSQL backup gives its pg_dump file.
+    /// --to postgres://…: streams the decoded dump into pg_restore, in one
+    /// transaction that commits only once the whole archive checked out.
     Restore(RestoreArgs),
     /// List the backups in a destination.
     List(ListArgs),
@@ -93,8 +101,11 @@ pub enum Command {
 
 #[derive(Args, Debug)]
 pub struct BackupArgs {
-    /// The SQLite database file to back up.
-    pub db: PathBuf,
+    /// The SQLite database file to back up, or a PostgreSQL database:
+    /// postgres://user[:password]@host[:port]/dbname[?sslmode=MODE] (better:
+    /// leave the password out and set PGPASSWORD or use ~/.pgpass).
+    #[arg(value_name = "SOURCE")]
+    pub source: String,
     /// Destinations: a directory (created if missing), s3://bucket/prefix or
     /// sftp://user@host/path. Several: one encode, written to each (fan-out).
     #[arg(default_value = "backups", value_name = "DEST")]
@@ -130,9 +141,35 @@ pub struct BackupArgs {
 pub struct RestoreArgs {
     /// Destination to restore from: a directory, s3://… or sftp://….
     pub dest: String,
-    /// The database file to write.
-    #[arg(short, long, value_name = "PATH")]
-    pub output: PathBuf,
+    /// The database file to write (for a PostgreSQL backup: the pg_dump
+    /// custom-format file, for `pg_restore`).
+    #[arg(short, long, value_name = "PATH", required_unless_present = "to")]
+    pub output: Option<PathBuf>,
+    /// Restore into this PostgreSQL database instead of a file:
+    /// postgres://user@host[:port]/dbname (password: PGPASSWORD or ~/.pgpass).
+    #[arg(long, value_name = "URL", conflicts_with_all = ["output", "force", "if_db_not_exists"])]
+    pub to: Option<String>,
+    /// With --to: drop the dump's objects before recreating them
+    /// (pg_restore --clean --if-exists).
+    #[arg(long, requires = "to")]
+    pub clean: bool,
+    /// With --to: create the database first (CREATE DATABASE, connecting to
+    /// the server's `postgres` database); it is dropped again if the restore fails.
+    #[arg(long, requires = "to")]
+    pub create: bool,
+    /// With --to: run pg_restore with N parallel jobs. The dump is decoded to
+    /// a temp file in --temp-dir and checked first (parallel pg_restore needs
+    /// a file), and it is not one transaction.
+    #[arg(long, requires = "to", value_name = "N")]
+    pub jobs: Option<u32>,
+    /// With --to: if the backup holds plain SQL text instead of a pg_dump
+    /// custom-format dump, run it with psql (one transaction, stopping at
+    /// the first error). Refused without this flag.
+    #[arg(long, requires = "to")]
+    pub allow_sql_fallback: bool,
+    /// Directory for --jobs' temporary dump [default: the system temp dir].
+    #[arg(long, value_name = "DIR")]
+    pub temp_dir: Option<PathBuf>,
     /// Backup id to restore (see `cairn list`) [default: the newest].
     #[arg(long)]
     pub id: Option<String>,
@@ -460,7 +497,7 @@ fn cmd_backup(a: BackupArgs, rt: &tokio::runtime::Runtime) -> Result<()> {
             )
         })?;
     let opts = backup::BackupOptions {
-        db: a.db,
+        source: crate::sources::Source::parse(&a.source)?,
         key: a.key.load()?,
         compression: backup::check_level(a.level)?,
         chunk_size,
@@ -566,10 +603,49 @@ fn print_backup(r: &backup::BackupReport) {
 
 fn cmd_restore(a: RestoreArgs, rt: &tokio::runtime::Runtime) -> Result<()> {
     let key = a.key.load()?;
+    if let Some(to) = &a.to {
+        let opts = restore::PgRestoreOptions {
+            id: a.id,
+            db: a.db,
+            target: crate::sources::PgSource::from_url(to)?,
+            clean: a.clean,
+            create: a.create,
+            jobs: a.jobs,
+            allow_sql_fallback: a.allow_sql_fallback,
+            key: key.clone(),
+            engine: a.engine,
+            limits: a.sandbox.decode_limits(),
+            verify_sandboxed: a.verify_sandboxed.then(|| verify::VerifyOptions {
+                key,
+                ..verify_options(&a.sandbox, true)
+            }),
+            temp_dir: temp_dir(&a.temp_dir),
+            progress: a.out.progress(),
+        };
+        let r = restore::run_to_postgres(&open_dest(&a.dest, rt)?, &opts)?;
+        if a.out.json {
+            return print_json(&r);
+        }
+        if !a.out.quiet {
+            let how = r.postgres.as_ref().map_or(String::new(), |p| {
+                format!(" with {} ({}; {})", p.tool, p.content, p.method)
+            });
+            eprintln!(
+                "restored {} ({}) into {}{how} in {:.2}s",
+                r.id.as_deref().unwrap_or(""),
+                mib(r.size),
+                r.output,
+                r.seconds
+            );
+        }
+        return Ok(());
+    }
     let opts = restore::RestoreOptions {
         id: a.id,
         db: a.db,
-        output: a.output,
+        output: a
+            .output
+            .ok_or_else(|| anyhow!("give -o PATH (a file) or --to postgres://… (a database)"))?,
         force: a.force,
         if_db_not_exists: a.if_db_not_exists,
         key: key.clone(),
@@ -587,8 +663,13 @@ fn cmd_restore(a: RestoreArgs, rt: &tokio::runtime::Runtime) -> Result<()> {
     }
     if !a.out.quiet {
         if r.restored {
+            let check = if r.content == "SQLite database" {
+                "integrity_check ok".to_string()
+            } else {
+                format!("checksums ok; it holds {}", r.content)
+            };
             eprintln!(
-                "restored {} ({}) to {} in {:.2}s; integrity_check ok",
+                "restored {} ({}) to {} in {:.2}s; {check}",
                 r.id.as_deref().unwrap_or(""),
                 mib(r.size),
                 r.output,
@@ -667,6 +748,26 @@ fn cmd_verify(a: VerifyArgs, rt: &tokio::runtime::Runtime) -> Result<()> {
     } else {
         for r in &results {
             match &r.error {
+                None if r.postgres.is_some() => {
+                    let pg = r.postgres.as_ref().expect("checked");
+                    println!(
+                        "ok      {}  {}  {}: checksums and pg_restore --list ok; {} TOC entries, {} ({:.2}s)",
+                        r.id,
+                        mib(r.size),
+                        if r.sandboxed {
+                            "decoded in the sandbox"
+                        } else {
+                            "decoded natively"
+                        },
+                        pg.toc_entries,
+                        if pg.tables.len() == 1 {
+                            "1 table with data".to_string()
+                        } else {
+                            format!("{} tables with data", pg.tables.len())
+                        },
+                        r.seconds
+                    )
+                }
                 None => println!(
                     "ok      {}  {}  {}: checksums, integrity_check and foreign_key_check ok; {} ({:.2}s)",
                     r.id,

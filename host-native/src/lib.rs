@@ -1,8 +1,9 @@
-//! cairn: backups of SQLite databases. This library is what the `cairn`
+//! cairn: backups of SQLite and PostgreSQL databases. This library is what the `cairn`
 //! binary runs; other Rust programs can call the same operations.
 //!
 //! - [`backup`], [`restore`], [`verify`]: the operations.
 //! - [`prune`], [`pull`], [`repair`]: retention, copies, catalog rebuild.
+//! - [`sources`]: what is backed up (a SQLite file, a PostgreSQL database).
 //! - [`storage`]: where backups live (a local directory, S3, SFTP).
 //! - [`repo`]: a destination's catalog (layout 2, reading layout 1).
 //! - [`engine`], [`sandbox`]: the core natively or as a wasm component.
@@ -21,10 +22,12 @@ pub mod repair;
 pub mod repo;
 pub mod restore;
 pub mod sandbox;
-pub mod snapshot;
+pub mod sources;
 pub mod storage;
 pub mod verifier;
 pub mod verify;
 
 mod component_hash;
 pub use component_hash::component_source_hash;
+/// The SQLite snapshot module under its former name.
+pub use sources::sqlite as snapshot;

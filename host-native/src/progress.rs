@@ -28,6 +28,20 @@ impl Progress {
         Progress(Some(bar))
     }
 
+    /// A byte counter without a total, for a stream of unknown length.
+    pub fn counter(enabled: bool, what: &str) -> Self {
+        if !enabled || !std::io::stderr().is_terminal() {
+            return Progress(None);
+        }
+        let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
+        bar.set_style(
+            ProgressStyle::with_template("{msg:>10} {spinner} {bytes} {bytes_per_sec}")
+                .expect("a valid template"),
+        );
+        bar.set_message(what.to_string());
+        Progress(Some(bar))
+    }
+
     pub fn inc(&self, n: u64) {
         if let Some(b) = &self.0 {
             b.inc(n);

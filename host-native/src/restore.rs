@@ -1,5 +1,7 @@
 //! `cairn restore`: decode into a temp file beside the target, fsync, check,
-//! integrity_check, and only then rename over the target.
+//! integrity_check (when the file is a SQLite database), and only then
+//! rename over the target. `--to postgres://…` streams into pg_restore
+//! instead ([`run_to_postgres`], sources/postgres/restore.rs).
 
 use std::fs::File;
 use std::io::BufWriter;
@@ -15,6 +17,7 @@ use crate::engine::EngineKind;
 use crate::hints::archive_error;
 use crate::progress::Progress;
 use crate::sandbox::Limits;
+use crate::sources::postgres::{self, PgSource};
 use crate::storage::Dest;
 use crate::{repo, snapshot};
 
@@ -43,6 +46,12 @@ pub struct RestoreReport {
     pub engine: EngineKind,
     /// The sandboxed verifier checked the backup before it was restored.
     pub verified_in_sandbox: bool,
+    /// What the backup held, from its first bytes: "SQLite database",
+    /// "pg_dump custom format", "SQL text", …
+    pub content: String,
+    /// `--to`: how PostgreSQL got it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub postgres: Option<postgres::restore::Restored>,
     pub seconds: f64,
 }
 
@@ -59,6 +68,8 @@ pub fn run(storage: &Dest, opts: &RestoreOptions) -> Result<RestoreReport> {
             sha256: None,
             engine: opts.engine,
             verified_in_sandbox: false,
+            content: String::new(),
+            postgres: None,
             seconds: 0.0,
         });
     }
@@ -113,14 +124,20 @@ pub fn run(storage: &Dest, opts: &RestoreOptions) -> Result<RestoreReport> {
     tmp.as_file()
         .sync_all()
         .with_context(|| format!("cannot write {}", tmp.path().display()))?;
-    snapshot::integrity_check(tmp.path()).map_err(|e| {
-        anyhow!(
-            "the database restored from {object} is not sound: {e:#}; nothing was written to {}",
-            out.display()
-        )
-    })?;
+    // What the file is decides the check: a SQLite database must pass
+    // integrity_check; a pg_dump file or SQL text is written as it is (its
+    // sums were checked), for pg_restore or psql.
+    let kind = sniff_file(tmp.path())?;
+    if kind == cairn_core::Kind::Sqlite {
+        snapshot::integrity_check(tmp.path()).map_err(|e| {
+            anyhow!(
+                "the database restored from {object} is not sound: {e:#}; nothing was written to {}",
+                out.display()
+            )
+        })?;
+    }
 
-    if opts.force {
+    if opts.force && kind == cairn_core::Kind::Sqlite {
         // A stale WAL would be replayed into the new file: remove it first.
         for suffix in ["-wal", "-shm", "-journal"] {
             let side = PathBuf::from(format!("{}{suffix}", out.display()));
@@ -154,6 +171,113 @@ pub fn run(storage: &Dest, opts: &RestoreOptions) -> Result<RestoreReport> {
         sha256: Some(hex::encode(decoded.plain_sha256)),
         engine: opts.engine,
         verified_in_sandbox: opts.verify_sandboxed.is_some(),
+        content: content_name(kind).into(),
+        postgres: None,
+        seconds: started.elapsed().as_secs_f64(),
+    })
+}
+
+fn sniff_file(p: &Path) -> Result<cairn_core::Kind> {
+    use std::io::Read;
+    let mut head = Vec::with_capacity(4096);
+    File::open(p)
+        .and_then(|f| f.take(4096).read_to_end(&mut head))
+        .with_context(|| format!("cannot read {}", p.display()))?;
+    Ok(cairn_core::sniff(&head))
+}
+
+fn content_name(k: cairn_core::Kind) -> &'static str {
+    match k {
+        cairn_core::Kind::Sqlite => "SQLite database",
+        cairn_core::Kind::PgDumpCustom => "pg_dump custom format",
+        cairn_core::Kind::SqlText => "SQL text",
+        _ => "other",
+    }
+}
+
+/// `cairn restore --to postgres://…`.
+pub struct PgRestoreOptions {
+    pub id: Option<String>,
+    /// The database whose newest backup to restore, in a shared destination.
+    pub db: Option<String>,
+    pub target: PgSource,
+    /// Drop the dump's objects first (`pg_restore --clean --if-exists`).
+    pub clean: bool,
+    /// CREATE DATABASE the target first.
+    pub create: bool,
+    /// Parallel pg_restore (from a temp file in `temp_dir`).
+    pub jobs: Option<u32>,
+    /// Feed plain SQL text to psql.
+    pub allow_sql_fallback: bool,
+    pub key: KeyMaterial,
+    pub engine: EngineKind,
+    pub limits: Limits,
+    pub verify_sandboxed: Option<crate::verify::VerifyOptions>,
+    pub temp_dir: PathBuf,
+    pub progress: bool,
+}
+
+/// Decodes a backup straight into pg_restore (or psql, when allowed). What
+/// the archive holds is sniffed from the decoded bytes, not taken from the
+/// catalog. The client's transaction commits only after the whole archive
+/// and its catalog entry checked out (sources/postgres/restore.rs).
+pub fn run_to_postgres(storage: &Dest, opts: &PgRestoreOptions) -> Result<RestoreReport> {
+    let started = Instant::now();
+    opts.target.validate()?;
+    if opts.jobs == Some(0) {
+        bail!("--jobs 0 is not a number of jobs: use 1 or more");
+    }
+    let state = repo::require(storage)?;
+    let entry = repo::resolve(storage, &state, opts.id.as_deref(), opts.db.as_deref())?;
+    let object = storage.describe(&entry.object);
+    let dest = storage.describe("");
+    let shown = opts.target.display_name();
+    if let Some(v) = &opts.verify_sandboxed {
+        crate::verify::check_sandboxed(storage, &entry, v).map_err(|e| {
+            anyhow!("{e:#} (the sandboxed verification failed; nothing was restored to {shown})")
+        })?;
+    }
+    let input = storage
+        .reader(&entry.object)
+        .map_err(|e| crate::hints::open_error(e, &object, &dest))?;
+    let mut sink = postgres::restore::Sink::new(postgres::restore::Target {
+        pg: &opts.target,
+        clean: opts.clean,
+        create: opts.create,
+        jobs: opts.jobs,
+        allow_sql_fallback: opts.allow_sql_fallback,
+        temp_dir: &opts.temp_dir,
+        backup: &entry.id,
+    });
+    let progress = Progress::bytes(opts.progress, entry.plain_size, "restore");
+    let decoded = decode(
+        opts.engine,
+        input,
+        &opts.key,
+        &mut sink,
+        &progress,
+        opts.limits,
+    )
+    .map_err(|e| archive_error(e, &object, &dest))
+    .and_then(|d| check_against_catalog(&d, &entry, &object).map(|()| d));
+    progress.finish();
+    let decoded = match decoded {
+        Ok(d) => d,
+        Err(e) => return Err(sink.abort(e)),
+    };
+    let restored = sink
+        .finish()
+        .map_err(|e| anyhow!("restore of {} into {shown} failed: {e:#}", entry.id))?;
+    Ok(RestoreReport {
+        id: Some(entry.id),
+        output: shown,
+        restored: true,
+        size: decoded.plain_len,
+        sha256: Some(hex::encode(decoded.plain_sha256)),
+        engine: opts.engine,
+        verified_in_sandbox: opts.verify_sandboxed.is_some(),
+        content: restored.content.into(),
+        postgres: Some(restored),
         seconds: started.elapsed().as_secs_f64(),
     })
 }

@@ -3,14 +3,19 @@
 //! see verifier.rs): decoding, every checksum, then SQLite's
 //! integrity_check and foreign_key_check on the image, all in the guest.
 //! `--no-sandbox` does the same natively, for trusted storage or comparison.
+//!
+//! A PostgreSQL backup (catalog source `postgres`) is decoded in the sandbox
+//! (or natively with `--no-sandbox`) and the decoded stream is piped into
+//! `pg_restore --list` on the host, which must read the dump's header and
+//! table of contents (sources/postgres/check.rs).
 
 use std::io::BufWriter;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow};
-use cairn_core::KeyMaterial;
 use cairn_core::catalog::Entry;
+use cairn_core::{KeyMaterial, SourceKind};
 use serde::Serialize;
 
 use crate::decode::{check_against_catalog, decode};
@@ -19,6 +24,7 @@ use crate::hints::{archive_error, open_error, unsound_error};
 use crate::pipeline::Decoded;
 use crate::progress::Progress;
 use crate::sandbox::Limits;
+use crate::sources::postgres::check::{ListSink, PgChecked};
 use crate::storage::Dest;
 use crate::verifier::{self, GUEST_DIR, Table};
 use crate::{repo, snapshot};
@@ -56,6 +62,9 @@ pub struct VerifyResult {
     pub sandboxed: bool,
     pub page_count: Option<u64>,
     pub tables: Vec<Table>,
+    /// PostgreSQL backups: what `pg_restore --list` found.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub postgres: Option<PgChecked>,
     pub error: Option<String>,
     pub seconds: f64,
 }
@@ -65,6 +74,7 @@ pub struct VerifyResult {
 pub(crate) struct Checked {
     page_count: Option<u64>,
     tables: Vec<Table>,
+    postgres: Option<PgChecked>,
 }
 
 /// Sandbox limits for a database of `plain` bytes: the image lives in the
@@ -118,6 +128,7 @@ fn verify_one(storage: &Dest, entry: &Entry, opts: &VerifyOptions) -> VerifyResu
         sandboxed: opts.sandbox,
         page_count: checked.page_count,
         tables: checked.tables,
+        postgres: checked.postgres,
         error,
         seconds: started.elapsed().as_secs_f64(),
     }
@@ -132,6 +143,12 @@ pub(crate) fn check_sandboxed(
 ) -> Result<Checked> {
     let object = storage.describe(&entry.object);
     let dest = storage.describe("");
+    if is_postgres(entry) {
+        let input = storage
+            .reader(&entry.object)
+            .map_err(|e| open_error(e, &object, &dest))?;
+        return check_postgres(input, entry, &object, &dest, opts, true);
+    }
     match storage.local_path(&entry.object) {
         Some(p) if p.is_file() => check_sandboxed_file(&p, entry, &object, &dest, opts),
         Some(_) => {
@@ -185,6 +202,11 @@ pub(crate) fn check_sandboxed_file(
     dest: &str,
     opts: &VerifyOptions,
 ) -> Result<Checked> {
+    if is_postgres(entry) {
+        let input =
+            std::fs::File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
+        return check_postgres(input, entry, object, dest, opts, true);
+    }
     let (dir, name) = split(path)?;
     let archive = format!("{GUEST_DIR}/{name}");
     let report = verifier::run(verifier::Request {
@@ -227,6 +249,7 @@ fn judge(report: verifier::Report, entry: &Entry, object: &str, dest: &str) -> R
     Ok(Checked {
         page_count: report.page_count,
         tables: report.tables,
+        postgres: None,
     })
 }
 
@@ -237,11 +260,64 @@ fn split(path: &Path) -> Result<(&Path, String)> {
     }
 }
 
+/// A PostgreSQL backup: the catalog says so; the decoded bytes must agree
+/// (ListSink refuses anything but a custom-format dump).
+fn is_postgres(entry: &Entry) -> bool {
+    entry.source == SourceKind::Postgres.as_str()
+}
+
+/// Decodes a PostgreSQL backup (in the sandbox when `sandboxed`, with the
+/// decode limits) into `pg_restore --list`.
+fn check_postgres(
+    input: impl std::io::Read + Send,
+    entry: &Entry,
+    object: &str,
+    dest: &str,
+    opts: &VerifyOptions,
+    sandboxed: bool,
+) -> Result<Checked> {
+    let engine = if sandboxed && opts.sandbox {
+        EngineKind::Wasm
+    } else {
+        EngineKind::Native
+    };
+    let d = Limits::default();
+    let limits = Limits {
+        memory: opts.memory.map_or(d.memory, |m| m as usize),
+        call_timeout: opts.timeout.unwrap_or(d.call_timeout),
+    };
+    let mut sink = ListSink::new();
+    let progress = Progress::bytes(opts.progress, entry.plain_size, "verify");
+    let decoded = decode(engine, input, &opts.key, &mut sink, &progress, limits);
+    progress.finish();
+    let decoded = match decoded {
+        Ok(d) => d,
+        Err(e) => {
+            if let Some(r) = sink.refused.take() {
+                return Err(anyhow!("{object}: {r:#}"));
+            }
+            return Err(archive_error(e, object, dest));
+        }
+    };
+    check_against_catalog(&decoded, entry, object)?;
+    let pg = sink
+        .finish()
+        .map_err(|e| unsound_error(format!("{e:#}"), object, dest))?;
+    Ok(Checked {
+        page_count: None,
+        tables: Vec::new(),
+        postgres: Some(pg),
+    })
+}
+
 fn check_native(storage: &Dest, entry: &Entry, opts: &VerifyOptions) -> Result<Checked> {
     let object = storage.describe(&entry.object);
     let input = storage
         .reader(&entry.object)
         .map_err(|e| open_error(e, &object, &storage.describe("")))?;
+    if is_postgres(entry) {
+        return check_postgres(input, entry, &object, &storage.describe(""), opts, false);
+    }
     let tmp = tempfile::Builder::new()
         .prefix(".cairn-verify-")
         .tempfile_in(&opts.temp_dir)
@@ -276,5 +352,6 @@ fn check_native(storage: &Dest, entry: &Entry, opts: &VerifyOptions) -> Result<C
                 rows: t.rows,
             })
             .collect(),
+        postgres: None,
     })
 }

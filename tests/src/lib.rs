@@ -1,6 +1,7 @@
 //! Helpers for cairn's end-to-end tests: the built `cairn` binary, scratch
 //! directories, sample databases, and byte surgery on archives.
 
+pub mod postgres;
 pub mod proxy;
 pub mod servers;
 

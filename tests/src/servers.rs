@@ -34,7 +34,7 @@ pub fn ci() -> bool {
 }
 
 /// The skip-or-panic rule for a server that is not installed.
-fn unavailable<T>(what: &str, why: &str) -> Option<T> {
+pub(crate) fn unavailable<T>(what: &str, why: &str) -> Option<T> {
     if ci() {
         panic!("{what} is needed under CI=true but {why} (.ci/setup.sh installs it)");
     }
@@ -53,7 +53,7 @@ static RESERVED: Mutex<Vec<u16>> = Mutex::new(Vec::new());
 
 /// A port that was free a moment ago. Binding port 0 lets the kernel choose;
 /// the listener is closed so the server can bind it (a race we retry on).
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     loop {
         let port = TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
@@ -67,7 +67,7 @@ fn free_port() -> u16 {
     }
 }
 
-fn release_port(port: u16) {
+pub(crate) fn release_port(port: u16) {
     RESERVED
         .lock()
         .unwrap_or_else(|e| e.into_inner())
@@ -93,7 +93,7 @@ fn home() -> PathBuf {
 }
 
 /// The last few KiB of a server log, for failure messages.
-fn log_tail(log: &Path) -> String {
+pub(crate) fn log_tail(log: &Path) -> String {
     let bytes = std::fs::read(log).unwrap_or_default();
     let start = bytes.len().saturating_sub(4096);
     String::from_utf8_lossy(&bytes[start..]).into_owned()

@@ -235,6 +235,9 @@ mod tests {
             encryption: "none".into(),
             key_id: None,
             archive_id: "22".repeat(16),
+            server_version: None,
+            dump_format: None,
+            pg_dump_version: None,
             extra: Default::default(),
         }
     }

@@ -35,7 +35,7 @@ fn native_and_wasm_engines_write_byte_identical_archives() {
                 matches!(key, KeyMaterial::None)
             ));
             let opts = BackupOptions {
-                db: db.clone(),
+                source: db.clone().into(),
                 key: key.clone(),
                 compression: Compression::from_level(level).unwrap(),
                 chunk_size: 64 << 10,

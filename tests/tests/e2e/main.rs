@@ -9,6 +9,7 @@ mod jco;
 mod kill;
 mod layout;
 mod main_job;
+mod postgres;
 mod proxy_selftest;
 mod remote;
 mod sandbox;
