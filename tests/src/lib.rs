@@ -3,6 +3,7 @@
 
 pub mod proxy;
 pub mod servers;
+pub mod sinks;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
