@@ -135,6 +135,21 @@ pub enum ConfigCommand {
     /// Report every problem in the config at once, each with its path
     /// (e.g. `databases[1].destinations[0]: …`); exit non-zero if any.
     Check(ConfigCheckArgs),
+    /// Write the cairn.toml equivalent of a Litestream config, with a note
+    /// for each setting cairn cannot express.
+    ImportLitestream(ImportLitestreamArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct ImportLitestreamArgs {
+    /// The Litestream config file (litestream.yml).
+    pub input: PathBuf,
+    /// Write the result here [default: stdout].
+    #[arg(short, long, value_name = "FILE")]
+    pub output: Option<PathBuf>,
+    /// Replace the output file if it exists.
+    #[arg(long)]
+    pub force: bool,
 }
 
 #[derive(Args, Debug)]
@@ -542,6 +557,9 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Verifier(a) => cmd_verifier(a),
         Command::Config(a) => match a.command {
             ConfigCommand::Check(c) => daemon::check::cli(c.file.config, c.connect, c.json, &rt),
+            ConfigCommand::ImportLitestream(i) => {
+                daemon::litestream::cli(&i.input, i.output.as_deref(), i.force)
+            }
         },
         Command::Daemon(a) => daemon::serve::cli(a.file.config, &rt),
         Command::RunOnce(a) => daemon::run_once::cli(a.file.config, a.names, a.verify, a.json, &rt),

@@ -57,18 +57,19 @@ fn reach(cfg: &Config, rt: &tokio::runtime::Runtime) -> Vec<Problem> {
         for (j, d) in db.destinations.iter().enumerate() {
             let d2 = d.clone();
             let handle = rt.handle().clone();
+            // A thread of its own (not the blocking pool, which the runtime
+            // waits for at exit), so a server that hangs costs only the timeout.
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            std::thread::spawn(move || {
+                let r = crate::storage::Location::parse(&d2)
+                    .and_then(|l| crate::storage::Dest::open(&l, &handle))
+                    .and_then(|dest| repo::load(&dest).map(|_| ()));
+                let _ = tx.send(r);
+            });
             let r = rt.block_on(async move {
-                let task = tokio::task::spawn_blocking(move || -> Result<()> {
-                    let dest = crate::storage::Dest::open(
-                        &crate::storage::Location::parse(&d2)?,
-                        &handle,
-                    )?;
-                    repo::load(&dest)?;
-                    Ok(())
-                });
-                match tokio::time::timeout(CONNECT_TIMEOUT, task).await {
+                match tokio::time::timeout(CONNECT_TIMEOUT, rx).await {
                     Ok(Ok(r)) => r,
-                    Ok(Err(e)) => Err(anyhow!("{e}")),
+                    Ok(Err(_)) => Err(anyhow!("the check ended without a result")),
                     Err(_) => Err(anyhow!("no answer within {}s", CONNECT_TIMEOUT.as_secs())),
                 }
             });

@@ -241,8 +241,9 @@ fn parse_inner(
     let base = file
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."))
-        .to_path_buf();
+        .unwrap_or(Path::new("."));
+    // Absolute, so that logs, status and state keys name real paths.
+    let base = std::path::absolute(base).unwrap_or_else(|_| base.to_path_buf());
     let mut root = Obj::new(String::new(), &table);
 
     // [daemon]

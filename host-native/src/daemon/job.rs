@@ -140,56 +140,59 @@ pub fn run_backup(cfg: &Config, db: &Database, rt: &Runtime) -> Result<Outcome> 
         progress: false,
         prune: db.retention.clone(),
     };
+    // Outcomes in the config's order, whether a destination failed to open
+    // or in the backup.
+    let mut slots: Vec<Option<DestOutcome>> = vec![None; db.destinations.len()];
     let mut dests = Vec::new();
-    let mut names = Vec::new();
-    let mut outcome = Outcome::default();
-    for d in &db.destinations {
+    let mut opened = Vec::new();
+    for (i, d) in db.destinations.iter().enumerate() {
         match cli::open_dest(d, rt) {
             Ok(x) => {
                 dests.push(x);
-                names.push(d.clone());
+                opened.push(i);
             }
-            Err(e) => outcome.destinations.push(DestOutcome {
-                destination: d.clone(),
-                error: Some(format!("{e:#}")),
-                ..DestOutcome::default()
-            }),
-        }
-    }
-    if dests.is_empty() {
-        return Ok(outcome.settle());
-    }
-    let r = match backup::run(&dests, &opts) {
-        Ok(r) => r,
-        Err(e) => {
-            // A failure of the source or of every destination.
-            outcome.error = Some(format!("{e:#}"));
-            for n in names {
-                outcome.destinations.push(DestOutcome {
-                    destination: n,
+            Err(e) => {
+                slots[i] = Some(DestOutcome {
+                    destination: d.clone(),
                     error: Some(format!("{e:#}")),
                     ..DestOutcome::default()
-                });
+                })
             }
-            return Ok(outcome.settle());
         }
-    };
-    outcome.id = Some(r.id.clone());
-    outcome.bytes = r.stored_size;
-    for (name, d) in names.into_iter().zip(&r.destinations) {
-        let prune_err = d
-            .error
-            .as_ref()
-            .filter(|_| d.ok)
-            .map(|e| format!("backed up, but: {e}"));
-        outcome.destinations.push(DestOutcome {
-            destination: name,
-            ok: d.ok && prune_err.is_none(),
-            error: if d.ok { prune_err } else { d.error.clone() },
-            bytes: if d.ok { r.stored_size } else { 0 },
-            id: d.ok.then(|| r.id.clone()),
-        });
     }
+    let mut outcome = Outcome::default();
+    if !dests.is_empty() {
+        match backup::run(&dests, &opts) {
+            Ok(r) => {
+                outcome.id = Some(r.id.clone());
+                outcome.bytes = r.stored_size;
+                for (&i, d) in opened.iter().zip(&r.destinations) {
+                    // Backed up, but the prune after it failed: a failure to report.
+                    let prune_err = d.error.clone().filter(|_| d.ok);
+                    slots[i] = Some(DestOutcome {
+                        destination: db.destinations[i].clone(),
+                        ok: d.ok && prune_err.is_none(),
+                        error: if d.ok { prune_err } else { d.error.clone() },
+                        bytes: if d.ok { r.stored_size } else { 0 },
+                        id: d.ok.then(|| r.id.clone()),
+                    });
+                }
+            }
+            Err(e) => {
+                // A failure of the source or of every destination.
+                let msg = format!("{e:#}");
+                outcome.error = Some(msg.clone());
+                for &i in &opened {
+                    slots[i] = Some(DestOutcome {
+                        destination: db.destinations[i].clone(),
+                        error: Some(msg.clone()),
+                        ..DestOutcome::default()
+                    });
+                }
+            }
+        }
+    }
+    outcome.destinations = slots.into_iter().flatten().collect();
     Ok(outcome.settle())
 }
 

@@ -6,6 +6,7 @@ pub mod check;
 pub mod config;
 pub mod expand;
 pub mod job;
+pub mod litestream;
 pub mod logging;
 pub mod metrics;
 pub mod notify;

@@ -181,10 +181,19 @@ async fn attempt_once(r: &Route, ev: &Event) -> Result<()> {
                 .collect();
             let body = serde_json::to_string(ev)?;
             let timeout = r.timeout;
-            // ureq is blocking: its own global timeout ends the thread too.
-            tokio::task::spawn_blocking(move || post(&url, &headers, body, timeout))
-                .await
-                .map_err(|e| anyhow!("webhook task failed: {e}"))?
+            // ureq is blocking: a thread of its own, which its global
+            // timeout ends. Not the runtime's blocking pool: the runtime
+            // waits for those when it shuts down, and a hanging webhook
+            // must not hold up the daemon's exit.
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            std::thread::Builder::new()
+                .name("cairn-webhook".into())
+                .spawn(move || {
+                    let _ = tx.send(post(&url, &headers, body, timeout));
+                })
+                .context("cannot start a webhook thread")?;
+            rx.await
+                .map_err(|_| anyhow!("the webhook thread ended without a result"))?
         }
         RouteKind::Email(s) => email(s, ev, r.timeout).await,
     }

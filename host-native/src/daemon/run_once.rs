@@ -124,7 +124,15 @@ pub fn cli(
     } else {
         for r in &reports {
             let o = r.outcome;
-            if o.ok {
+            if o.ok && r.job == "drill" {
+                println!(
+                    "ok      {}  drill: the newest backup passed in {} destination{} ({:.1}s)",
+                    r.database,
+                    o.destinations.len(),
+                    if o.destinations.len() == 1 { "" } else { "s" },
+                    r.seconds
+                );
+            } else if o.ok {
                 println!(
                     "ok      {}  {} {} to {} destination{} in {:.1}s",
                     r.database,

@@ -5,7 +5,8 @@
 //! at shutdown its process group is killed. That is safe because a backup
 //! publishes nothing until its final commit (the archive goes under a
 //! temporary name, the catalog record last), so a killed run leaves nothing
-//! a reader can find; its temporary objects are swept by later runs.
+//! a reader can find; its temporary objects are swept later (the next local
+//! backup, or prune).
 
 use std::process::Stdio;
 use std::time::{Duration, Instant};

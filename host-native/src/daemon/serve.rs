@@ -210,14 +210,14 @@ impl Daemon {
             self.due.insert(key.clone(), next);
             self.spawn(key, timeout, now);
         }
-        let waiting = self.due.values().any(|t| *t <= now);
-        let later = self.due.values().filter(|t| **t > now).min().copied();
-        match (waiting, later) {
-            // Jobs waiting for a slot wake on a finished run; still look
-            // again in a while in case the clock jumps.
-            (_, Some(t)) => t,
-            (_, None) => now + 60_000,
-        }
+        // Jobs waiting for a slot wake on a finished run; the caller caps
+        // the sleep anyway, in case the clock jumps.
+        self.due
+            .values()
+            .filter(|t| **t > now)
+            .min()
+            .copied()
+            .unwrap_or(now + 60_000)
     }
 
     fn spawn(&mut self, key: Key, timeout: Duration, now: i64) {

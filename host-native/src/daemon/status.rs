@@ -48,6 +48,8 @@ struct DestStatus {
     last_drill_pass_id: Option<String>,
     last_drill_failure: Option<String>,
     last_drill_error: Option<String>,
+    #[serde(skip)]
+    drill_failed_since_pass: bool,
 }
 
 #[derive(Serialize)]
@@ -115,6 +117,7 @@ fn status(cfg: &Config, st: &state::State, rt: &tokio::runtime::Runtime) -> Vec<
                         last_drill_pass_id: drill.last_pass_id,
                         last_drill_failure: drill.last_failure_ms.map(rfc3339),
                         last_drill_error: drill.last_error,
+                        drill_failed_since_pass: drill.last_failure_ms > drill.last_pass_ms,
                     }
                 })
                 .collect();
@@ -192,17 +195,11 @@ pub fn cli(config_file: PathBuf, json: bool, rt: &tokio::runtime::Runtime) -> Re
             };
             println!("  {}  {newest}", x.destination);
             match (&x.last_drill_pass, &x.last_drill_failure) {
-                (Some(p), _) => println!(
-                    "      drill passed {p}{}",
-                    x.last_drill_failure
-                        .as_ref()
-                        .filter(|f| *f > p)
-                        .map(|f| format!(
-                            "; FAILED since {f}: {}",
-                            x.last_drill_error.as_deref().unwrap_or("")
-                        ))
-                        .unwrap_or_default()
+                (Some(p), Some(f)) if x.drill_failed_since_pass => println!(
+                    "      drill passed {p}; FAILED since {f}: {}",
+                    x.last_drill_error.as_deref().unwrap_or("")
                 ),
+                (Some(p), _) => println!("      drill passed {p}"),
                 (None, Some(f)) => println!(
                     "      drill FAILED {f}: {}",
                     x.last_drill_error.as_deref().unwrap_or("")

@@ -536,7 +536,7 @@ fn sighup_with_a_broken_config_keeps_the_old_one() {
     write_config(&s, good);
     let mut d = Daemon::start(&s, &[]);
     wait_for("a first backup", Duration::from_secs(20), || {
-        listed(&s, &[], "backups/a").len() >= 1
+        !listed(&s, &[], "backups/a").is_empty()
     });
     write_config(
         &s,
@@ -564,7 +564,7 @@ fn sighup_with_a_broken_config_keeps_the_old_one() {
     wait_for(
         "a backup of the new database",
         Duration::from_secs(20),
-        || listed(&s, &[], "backups/b").len() >= 1,
+        || !listed(&s, &[], "backups/b").is_empty(),
     );
     d.signal(libc::SIGINT);
     assert_eq!(d.wait(Duration::from_secs(30)), 0, "{}", d.log());
@@ -730,4 +730,53 @@ fn missed_runs_run_once_at_start_up_and_metrics_parse_as_prometheus_text() {
     assert_eq!(listed(&s, &[], "backups").len(), 1);
     d.signal(libc::SIGTERM);
     assert_eq!(d.wait(Duration::from_secs(30)), 0, "{}", d.log());
+}
+
+#[test]
+fn import_litestream_writes_a_config_that_checks_and_says_what_it_left_out() {
+    let s = Scratch::new();
+    s.make_db("app.db", 10);
+    std::fs::write(
+        s.path("litestream.yml"),
+        format!(
+            "dbs:\n  - path: {}\n    replicas:\n      - type: file\n        path: {}\n        retention: 48h\n        snapshot-interval: 1h\n      - url: abs://account@container/app\n",
+            s.path("app.db").display(),
+            s.path("replica").display()
+        ),
+    )
+    .unwrap();
+    let r = s
+        .run(&[
+            "config",
+            "import-litestream",
+            "litestream.yml",
+            "-o",
+            "cairn.toml",
+        ])
+        .ok();
+    assert!(
+        r.stderr
+            .contains("note: dbs[0].replicas[1]: abs:// replicas are not supported"),
+        "{}",
+        r.stderr
+    );
+    let toml = String::from_utf8(s.read("cairn.toml")).unwrap();
+    assert!(toml.contains("keep_within = \"48h\""), "{toml}");
+    s.run(&["config", "check", "-c", "cairn.toml"]).ok();
+    // It refuses to overwrite.
+    let r = s.run(&[
+        "config",
+        "import-litestream",
+        "litestream.yml",
+        "-o",
+        "cairn.toml",
+    ]);
+    assert!(
+        r.code != 0 && r.stderr.contains("already exists"),
+        "{}",
+        r.stderr
+    );
+    // And it runs.
+    s.run(&["run-once", "-c", "cairn.toml"]).ok();
+    assert_eq!(listed(&s, &[], "replica").len(), 1);
 }
