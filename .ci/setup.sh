@@ -113,3 +113,11 @@ for dir in "$py_scripts" "$HOME/.local/bin"; do
     fi
 done
 export CAIRN_MOTO_SERVER
+
+# An SMTP server that records what it receives, for the daemon's mail
+# notification tests (tests/smtp_sink.py runs it; tests/src/servers.rs starts it).
+AIOSMTPD_VERSION=1.4.6
+if [ "$(python3 -c 'import importlib.metadata as m; print(m.version("aiosmtpd"))' 2>/dev/null || true)" != "$AIOSMTPD_VERSION" ]; then
+    say "installing aiosmtpd $AIOSMTPD_VERSION (an SMTP sink for the tests) with pip"
+    python3 -m pip install -q --disable-pip-version-check "aiosmtpd==$AIOSMTPD_VERSION"
+fi

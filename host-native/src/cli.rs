@@ -12,7 +12,7 @@ use crate::engine::EngineKind;
 use crate::keys::KeyArgs;
 use crate::sandbox::Limits;
 use crate::storage::{Dest, Location};
-use crate::{backup, prune, pull, repair, repo, restore, verify};
+use crate::{backup, daemon, prune, pull, repair, repo, restore, verify};
 
 const AFTER_HELP: &str = "\
 Examples:
@@ -97,6 +97,120 @@ pub enum Command {
     /// runtime: `wasmtime run --dir BACKUPS::/backup cairn-wasi.wasm verify
     /// /backup/snapshots/ID.db.gz [--key-file /backup/KEY]`.
     Verifier(VerifierArgs),
+    /// Check a daemon config file (cairn.toml; see docs/CONFIG.md).
+    Config(ConfigArgs),
+    /// Back up every database of a config file on its schedule: a
+    /// long-lived process (systemd unit: examples/cairn.service).
+    ///
+    /// Each run is a child process with a timeout; a run still going when
+    /// the next is due is skipped; runs missed while the daemon was down run
+    /// once at start-up. SIGTERM/SIGINT: running backups get
+    /// daemon.shutdown_grace to finish, then are stopped (nothing partial is
+    /// ever published); exit 0. SIGHUP: reload the config file.
+    Daemon(DaemonArgs),
+    /// Run the backups (or, with --verify, the restore drills) of a config
+    /// file now, once, as the daemon would; exit non-zero if any failed.
+    RunOnce(RunOnceArgs),
+    /// For each database of a config file: last success, last failure, next
+    /// run, and the newest backup in each destination (read from it).
+    Status(StatusArgs),
+    /// One daemon job, run by the daemon in a child process.
+    #[command(hide = true)]
+    InternalJob(InternalJobArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct ConfigFileArg {
+    /// The config file.
+    #[arg(
+        short,
+        long = "config",
+        value_name = "FILE",
+        env = "CAIRN_CONFIG",
+        default_value = "cairn.toml"
+    )]
+    pub config: PathBuf,
+}
+
+#[derive(Args, Debug)]
+pub struct ConfigArgs {
+    #[command(subcommand)]
+    pub command: ConfigCommand,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ConfigCommand {
+    /// Report every problem in the config at once, each with its path
+    /// (e.g. `databases[1].destinations[0]: …`); exit non-zero if any.
+    Check(ConfigCheckArgs),
+    /// Write the cairn.toml equivalent of a Litestream config, with a note
+    /// for each setting cairn cannot express.
+    ImportLitestream(ImportLitestreamArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct ImportLitestreamArgs {
+    /// The Litestream config file (litestream.yml).
+    pub input: PathBuf,
+    /// Write the result here [default: stdout].
+    #[arg(short, long, value_name = "FILE")]
+    pub output: Option<PathBuf>,
+    /// Replace the output file if it exists.
+    #[arg(long)]
+    pub force: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct ConfigCheckArgs {
+    #[command(flatten)]
+    pub file: ConfigFileArg,
+    /// Also reach every destination (read its catalog) and SMTP server.
+    #[arg(long)]
+    pub connect: bool,
+    /// Print a JSON report on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct DaemonArgs {
+    #[command(flatten)]
+    pub file: ConfigFileArg,
+}
+
+#[derive(Args, Debug)]
+pub struct RunOnceArgs {
+    #[command(flatten)]
+    pub file: ConfigFileArg,
+    /// Only these databases (by name) [default: all].
+    #[arg(value_name = "NAME")]
+    pub names: Vec<String>,
+    /// Run the restore drills (verify the newest backup in each destination
+    /// in the sandbox) instead of the backups.
+    #[arg(long)]
+    pub verify: bool,
+    /// Print a JSON report on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    pub file: ConfigFileArg,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct InternalJobArgs {
+    #[arg(long)]
+    pub config: PathBuf,
+    #[arg(long)]
+    pub database: String,
+    #[arg(long)]
+    pub kind: String,
 }
 
 #[derive(Args, Debug)]
@@ -478,6 +592,22 @@ pub fn run(cli: Cli) -> Result<()> {
         }
         Command::Keygen(a) => cmd_keygen(a),
         Command::Verifier(a) => cmd_verifier(a),
+        Command::Config(a) => match a.command {
+            ConfigCommand::Check(c) => daemon::check::cli(c.file.config, c.connect, c.json, &rt),
+            ConfigCommand::ImportLitestream(i) => {
+                daemon::litestream::cli(&i.input, i.output.as_deref(), i.force)
+            }
+        },
+        Command::Daemon(a) => daemon::serve::cli(a.file.config, &rt),
+        Command::RunOnce(a) => daemon::run_once::cli(a.file.config, a.names, a.verify, a.json, &rt),
+        Command::Status(a) => daemon::status::cli(a.file.config, a.json, &rt),
+        Command::InternalJob(a) => {
+            let kind = match a.kind.as_str() {
+                "drill" => daemon::job::Kind::Drill,
+                _ => daemon::job::Kind::Backup,
+            };
+            daemon::job::child_main(a.config, &a.database, kind, &rt)
+        }
     }
 }
 

@@ -10,6 +10,7 @@
 
 pub mod backup;
 pub mod cli;
+pub mod daemon;
 pub mod decode;
 pub mod engine;
 pub mod hints;

@@ -4,6 +4,7 @@
 pub mod postgres;
 pub mod proxy;
 pub mod servers;
+pub mod sinks;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

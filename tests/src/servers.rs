@@ -674,3 +674,78 @@ fn encode(s: &str, query: bool) -> String {
     }
     out
 }
+
+/// An SMTP server on 127.0.0.1 that accepts every message and writes it to
+/// a file (aiosmtpd, through tests/smtp_sink.py), for the mail notification
+/// tests.
+pub struct SmtpSink {
+    pub port: u16,
+    dir: tempfile::TempDir,
+    _proc: Proc,
+}
+
+impl SmtpSink {
+    pub fn start() -> Option<SmtpSink> {
+        let has = Command::new("python3")
+            .args(["-c", "import aiosmtpd"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !has {
+            return unavailable("aiosmtpd", "python3 cannot import aiosmtpd");
+        }
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("smtp_sink.py");
+        let dir = tempdir("cairn-smtp-");
+        let mail = dir.path().join("mail");
+        std::fs::create_dir_all(&mail).expect("creating the mail directory");
+        let log = dir.path().join("smtp.log");
+        let mut last = String::new();
+        for _ in 0..START_ATTEMPTS {
+            let port = free_port();
+            let mut cmd = Command::new("python3");
+            cmd.arg(&script).arg(port.to_string()).arg(&mail);
+            let mut proc = Proc::spawn(cmd, &log).expect("running python3");
+            let addr = format!("127.0.0.1:{port}");
+            let res = proc.wait_ready(|| {
+                let Ok(mut s) = TcpStream::connect(&addr) else {
+                    return false;
+                };
+                let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+                let mut b = [0u8; 3];
+                s.read_exact(&mut b).is_ok() && &b == b"220"
+            });
+            release_port(port);
+            match res {
+                Ok(()) => {
+                    return Some(SmtpSink {
+                        port,
+                        dir,
+                        _proc: proc,
+                    });
+                }
+                Err(why) => {
+                    proc.stop();
+                    last = why;
+                    if !last.starts_with("it exited") {
+                        break;
+                    }
+                }
+            }
+        }
+        fail_start("aiosmtpd", &last, &log)
+    }
+
+    /// Every message received so far, oldest first (headers and body).
+    pub fn messages(&self) -> Vec<String> {
+        let mut names: Vec<PathBuf> = std::fs::read_dir(self.dir.path().join("mail"))
+            .map(|r| r.filter_map(|e| e.ok().map(|e| e.path())).collect())
+            .unwrap_or_default();
+        names.retain(|p| p.extension().is_some_and(|e| e == "eml"));
+        names.sort();
+        names
+            .iter()
+            .filter_map(|p| std::fs::read_to_string(p).ok())
+            .collect()
+    }
+}

@@ -4,6 +4,7 @@
 //! those links dominated the test command's time.
 
 mod bad_input;
+mod daemon;
 mod engines;
 mod jco;
 mod kill;

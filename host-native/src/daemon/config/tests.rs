@@ -1,0 +1,283 @@
+//! Unit tests of the config validator: every problem, each with its path.
+
+use std::os::unix::fs::PermissionsExt;
+
+use super::*;
+
+fn parse_in(dir: &Path, text: &str) -> Result<Config, Problems> {
+    parse(text, &dir.join("cairn.toml"))
+}
+
+fn problems(text: &str) -> Vec<String> {
+    let d = tempfile::tempdir().unwrap();
+    match parse_in(d.path(), text) {
+        Ok(_) => vec![],
+        Err(p) => p.list.iter().map(|p| p.to_string()).collect(),
+    }
+}
+
+fn has(list: &[String], needle: &str) {
+    assert!(
+        list.iter().any(|p| p.contains(needle)),
+        "no problem contains {needle:?}:\n{}",
+        list.join("\n")
+    );
+}
+
+const GOOD: &str = r#"
+[daemon]
+log_level = "debug"
+log_format = "json"
+max_parallel = 3
+shutdown_grace = "30s"
+state_dir = "state"
+metrics_listen = "127.0.0.1:9477"
+
+[notifications.mail]
+type = "email"
+on = "both"
+host = "smtp.example.com"
+tls = "implicit"
+username = "cairn"
+password = "${CAIRN_TEST_SMTP_PASSWORD:-pa$word}"
+from = "cairn <cairn@example.com>"
+to = ["ops@example.com"]
+
+[notifications.hook]
+type = "webhook"
+url = "https://hooks.example.com/x"
+headers = { Authorization = "Bearer t0k3n" }
+
+[[databases]]
+name = "app"
+source = "app.db"
+destinations = ["backups", "s3://bucket/app?endpoint=http://127.0.0.1:9000"]
+schedule = { cron = "0 3 * * *", timezone = "Europe/Paris" }
+level = 9
+timeout = "10m"
+notify = ["hook"]
+retention = { keep_daily = 7, keep_within = "2d", max_age = "90d" }
+verify = { every = "7d", timeout = "5m" }
+
+[[databases]]
+name = "pg"
+source = { type = "postgres", host = "db", database = "shop", user = "backup", password = "s3cret", sslmode = "require" }
+destinations = ["/var/backups/pg"]
+schedule = { every = "24h", start = "2026-07-01T10:00:00Z" }
+"#;
+
+#[test]
+fn a_good_config_reads_fully() {
+    let d = tempfile::tempdir().unwrap();
+    let c = parse_in(d.path(), GOOD).unwrap();
+    assert_eq!(c.log_format, LogFormat::Json);
+    assert_eq!(c.max_parallel, 3);
+    assert_eq!(c.shutdown_grace, Duration::from_secs(30));
+    assert_eq!(c.state_dir, d.path().join("state"));
+    assert_eq!(c.routes.len(), 2);
+    let mail = c.routes.iter().find(|r| r.name == "mail").unwrap();
+    assert!(mail.on_success && mail.on_failure);
+    let RouteKind::Email(s) = &mail.kind else {
+        panic!()
+    };
+    assert_eq!((s.port, s.tls), (465, Tls::Implicit));
+    assert_eq!(s.password.as_ref().unwrap().expose(), "pa$word");
+    let app = &c.databases[0];
+    assert_eq!(
+        app.destinations[0],
+        d.path().join("backups").display().to_string()
+    );
+    assert_eq!(app.level, 9);
+    assert_eq!(app.notify, vec!["hook"]);
+    assert_eq!(app.retention.as_ref().unwrap().keep_daily, Some(7));
+    assert_eq!(
+        app.retention.as_ref().unwrap().keep_within_ms,
+        Some(2 * 86_400_000)
+    );
+    assert!(app.verify.is_some());
+    let pg = &c.databases[1];
+    assert!(matches!(&pg.source, Source::Postgres(p) if p.port == 5432 && p.database == "shop"));
+    // Routes default to all, failure only.
+    assert_eq!(pg.notify.len(), 2);
+    let hook = c.routes.iter().find(|r| r.name == "hook").unwrap();
+    assert!(!hook.on_success && hook.on_failure);
+}
+
+#[test]
+fn secrets_never_show_in_debug_output() {
+    let d = tempfile::tempdir().unwrap();
+    let c = parse_in(d.path(), GOOD).unwrap();
+    let dbg = format!("{c:?}");
+    for secret in ["pa$word", "t0k3n", "s3cret"] {
+        assert!(!dbg.contains(secret), "{secret} leaked: {dbg}");
+    }
+}
+
+#[test]
+fn every_problem_is_reported_with_its_path() {
+    let p = problems(
+        r#"
+bogus = 1
+[daemon]
+log_format = "xml"
+max_parallel = 0
+metrics_listen = "0.0.0.0:9477"
+[notifications.mail]
+type = "email"
+username = "u"
+[notifications.hook]
+type = "webhook"
+url = "ftp://x"
+extra = true
+[[databases]]
+name = "app"
+source = "app.db"
+destinations = ["/b", "s4://bucket/x", "s3://${CAIRN_TEST_UNSET_BUCKET}/x"]
+schedule = { cron = "0 3 * *" }
+keep_daily = 7
+retention = { keep_daily = -1 }
+notify = ["pager"]
+[[databases]]
+name = "app"
+source = "b.db"
+destinations = ["/b"]
+schedule = { every = "soon" }
+timeout = "forever"
+level = 12
+"#,
+    );
+    for needle in [
+        "bogus: unknown key",
+        "daemon.log_format: \"xml\" is not a format",
+        "daemon.max_parallel: 0 is out of range",
+        "daemon.metrics_listen: 0.0.0.0:9477 is not a loopback address",
+        "notifications.mail.password: missing: username is set",
+        "notifications.mail.host: missing",
+        "notifications.mail.from: missing",
+        "notifications.mail.to: missing",
+        "notifications.hook.url: scheme \"ftp\" is not http or https",
+        "notifications.hook.extra: unknown key",
+        "databases[0].destinations[1]: destination s4://bucket/x: unknown scheme \"s4\"",
+        "databases[0].destinations[2]: environment variable CAIRN_TEST_UNSET_BUCKET is not set",
+        "databases[0].schedule.cron: \"0 3 * *\" has 4 fields",
+        "databases[0].keep_daily: unknown key",
+        "databases[0].retention.keep_daily: -1 is out of range",
+        "databases[0].notify[0]: no notification route named \"pager\"",
+        "databases[1].name: \"app\" is already the name of databases[0]",
+        "databases[1].schedule.every: \"soon\" is not a duration",
+        "databases[1].timeout: \"forever\" is not a duration",
+        "databases[1].level: 12 is out of range",
+    ] {
+        has(&p, needle);
+    }
+}
+
+#[test]
+fn missing_sections_and_bad_toml() {
+    has(&problems(""), "databases: no databases");
+    has(
+        &problems("[[databases]]\nname = \"x\""),
+        "databases[0].source: missing",
+    );
+    has(
+        &problems("[[databases]]\nname = \"x\""),
+        "databases[0].destinations: missing",
+    );
+    has(
+        &problems("[[databases]]\nname = \"x\""),
+        "databases[0].schedule: missing",
+    );
+    has(&problems("[daemon\n"), "not valid TOML");
+    has(
+        &problems(
+            "[[databases]]\nname=\"a\"\nsource=\"a.db\"\ndestinations=[\"/b\"]\nschedule={every=\"1h\", cron=\"* * * * *\"}",
+        ),
+        "databases[0].schedule: give either cron or every",
+    );
+    has(
+        &problems(
+            "[[databases]]\nname=\"a\"\nsource=\"a.db\"\ndestinations=[\"/b\"]\nschedule={cron=\"* * * * *\", timezone=\"Mars/Base\"}",
+        ),
+        "databases[0].schedule.timezone: unknown time zone",
+    );
+    has(
+        &problems(
+            "[[databases]]\nname=\"a\"\nsource={type=\"mysql\"}\ndestinations=[\"/b\"]\nschedule={every=\"1h\"}",
+        ),
+        "databases[0].source.type: unknown source type \"mysql\"",
+    );
+    has(
+        &problems(
+            "[[databases]]\nname=\"a\"\nsource={type=\"postgres\", host=\"h\"}\ndestinations=[\"/b\"]\nschedule={every=\"1h\"}",
+        ),
+        "databases[0].source.database: missing",
+    );
+    has(
+        &problems(
+            "[[databases]]\nname=\"a\"\nsource=\"a.db\"\ndestinations=[\"/b\"]\nschedule={every=\"1h\"}\nretention={}",
+        ),
+        "databases[0].retention: retention policy",
+    );
+}
+
+#[test]
+fn key_files_must_exist_and_be_private() {
+    let d = tempfile::tempdir().unwrap();
+    let key = d.path().join("app.key");
+    std::fs::write(&key, format!("{}\n", "ab".repeat(32))).unwrap();
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let cfg = |k: &str| {
+        format!(
+            "[[databases]]\nname=\"a\"\nsource=\"a.db\"\ndestinations=[\"/b\"]\nschedule={{every=\"1h\"}}\n{k}\n"
+        )
+    };
+    let list = |t: String| -> Vec<String> {
+        match parse_in(d.path(), &t) {
+            Ok(_) => vec![],
+            Err(p) => p.list.iter().map(|p| p.to_string()).collect(),
+        }
+    };
+    has(
+        &list(cfg("key_file = \"app.key\"")),
+        "databases[0].key_file: ",
+    );
+    has(&list(cfg("key_file = \"app.key\"")), "has mode 0644");
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    assert!(list(cfg("key_file = \"app.key\"")).is_empty());
+    has(
+        &list(cfg("key_file = \"nope.key\"")),
+        "databases[0].key_file: cannot read",
+    );
+    std::fs::write(&key, "not a key\n").unwrap();
+    has(
+        &list(cfg("key_file = \"app.key\"")),
+        "databases[0].key_file: key file",
+    );
+    has(
+        &list(cfg("key_env = \"CAIRN_TEST_UNSET_KEY\"")),
+        "databases[0].key_env: environment variable CAIRN_TEST_UNSET_KEY is not set",
+    );
+    has(
+        &list(cfg("key_file = \"app.key\"\nkey_env = \"X\"")),
+        "give only one of key_file",
+    );
+}
+
+#[test]
+fn smtp_settings_must_be_complete() {
+    let base = "[[databases]]\nname=\"a\"\nsource=\"a.db\"\ndestinations=[\"/b\"]\nschedule={every=\"1h\"}\n";
+    let p = problems(&format!(
+        "{base}[notifications.m]\ntype=\"email\"\nhost=\"h\"\ntls=\"ssl\"\nfrom=\"not an address\"\nto=[\"ok@example.com\", \"nope\"]\npassword=\"p\"\non=[\"sometimes\"]\n"
+    ));
+    has(&p, "notifications.m.tls: \"ssl\" is not a TLS mode");
+    has(
+        &p,
+        "notifications.m.from: \"not an address\" is not an address",
+    );
+    has(
+        &p,
+        "notifications.m.to[1]: \"nope\" is not an email address",
+    );
+    has(&p, "notifications.m.username: missing: password is set");
+    has(&p, "notifications.m.on: must be");
+}

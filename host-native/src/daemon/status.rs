@@ -1,0 +1,212 @@
+//! `cairn status`: for each configured database, its last success, last
+//! failure and next run (from the state file), and the newest backup in
+//! each destination with its size and age, read from the destination
+//! itself, plus when that destination last passed a restore drill.
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use serde::Serialize;
+
+use super::config::{Config, Database, Source};
+use super::schedule::rfc3339;
+use super::{serve, state};
+use crate::storage::now_ms;
+use crate::{cli, repo};
+
+#[derive(Serialize)]
+struct DbStatus {
+    database: String,
+    source: String,
+    schedule: String,
+    next_run: String,
+    last_success: Option<RunView>,
+    last_failure: Option<RunView>,
+    verify_schedule: Option<String>,
+    next_drill: Option<String>,
+    destinations: Vec<DestStatus>,
+}
+
+#[derive(Serialize)]
+struct RunView {
+    time: String,
+    seconds: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    id: Option<String>,
+    bytes: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
+}
+
+#[derive(Serialize)]
+struct DestStatus {
+    destination: String,
+    newest: Option<Newest>,
+    /// Why the destination could not be read.
+    error: Option<String>,
+    last_drill_pass: Option<String>,
+    last_drill_pass_id: Option<String>,
+    last_drill_failure: Option<String>,
+    last_drill_error: Option<String>,
+    #[serde(skip)]
+    drill_failed_since_pass: bool,
+}
+
+#[derive(Serialize)]
+struct Newest {
+    id: String,
+    created_at: String,
+    age_seconds: i64,
+    stored_size: u64,
+}
+
+fn run_view(r: &state::Run) -> RunView {
+    RunView {
+        time: rfc3339(r.time_ms),
+        seconds: r.seconds,
+        id: r.outcome.id.clone(),
+        bytes: r.outcome.bytes,
+        error: r.outcome.error.clone(),
+    }
+}
+
+fn describe_source(s: &Source) -> String {
+    match s {
+        Source::Sqlite(p) => p.display().to_string(),
+        // Never the password.
+        Source::Postgres(pg) => format!(
+            "postgres://{}@{}:{}/{}",
+            pg.user, pg.host, pg.port, pg.database
+        ),
+    }
+}
+
+fn newest(db: &Database, dest: &str, rt: &tokio::runtime::Runtime) -> Result<Option<Newest>> {
+    let d = cli::open_dest(dest, rt)?;
+    let loaded = repo::load(&d)?;
+    let name = db.source.catalog_name();
+    Ok(loaded.state.newest(Some(&name)).map(|e| Newest {
+        id: e.id.clone(),
+        created_at: e.created_at.clone(),
+        age_seconds: (now_ms() - e.created_at_ms) / 1000,
+        stored_size: e.stored_size,
+    }))
+}
+
+fn status(cfg: &Config, st: &state::State, rt: &tokio::runtime::Runtime) -> Vec<DbStatus> {
+    let now = now_ms();
+    cfg.databases
+        .iter()
+        .map(|db| {
+            let s = st.databases.get(&db.name).cloned().unwrap_or_default();
+            let next = db.schedule.next_due(s.last_start_ms, now);
+            let destinations = db
+                .destinations
+                .iter()
+                .map(|dest| {
+                    let (newest, error) = match newest(db, dest, rt) {
+                        Ok(n) => (n, None),
+                        Err(e) => (None, Some(format!("{e:#}"))),
+                    };
+                    let drill = s.drills.get(dest).cloned().unwrap_or_default();
+                    DestStatus {
+                        destination: dest.clone(),
+                        newest,
+                        error,
+                        last_drill_pass: drill.last_pass_ms.map(rfc3339),
+                        last_drill_pass_id: drill.last_pass_id,
+                        last_drill_failure: drill.last_failure_ms.map(rfc3339),
+                        last_drill_error: drill.last_error,
+                        drill_failed_since_pass: drill.last_failure_ms > drill.last_pass_ms,
+                    }
+                })
+                .collect();
+            DbStatus {
+                database: db.name.clone(),
+                source: describe_source(&db.source),
+                schedule: db.schedule.describe(),
+                next_run: if next <= now {
+                    "now (due)".into()
+                } else {
+                    rfc3339(next)
+                },
+                last_success: s.last_success.as_ref().map(run_view),
+                last_failure: s.last_failure.as_ref().map(run_view),
+                verify_schedule: db.verify.as_ref().map(|v| v.schedule.describe()),
+                next_drill: db.verify.as_ref().map(|v| {
+                    let t = v.schedule.next_due(s.last_drill_start_ms, now);
+                    if t <= now {
+                        "now (due)".into()
+                    } else {
+                        rfc3339(t)
+                    }
+                }),
+                destinations,
+            }
+        })
+        .collect()
+}
+
+fn age(secs: i64) -> String {
+    humantime::format_duration(std::time::Duration::from_secs(secs.max(0) as u64)).to_string()
+}
+
+pub fn cli(config_file: PathBuf, json: bool, rt: &tokio::runtime::Runtime) -> Result<()> {
+    let (cfg, _) = serve::load(&config_file)?;
+    let st = state::load(&cfg.state_dir)?;
+    let list = status(&cfg, &st, rt);
+    if json {
+        return cli::print_json(&list);
+    }
+    for d in &list {
+        println!("{}  ({}; {})", d.database, d.source, d.schedule);
+        println!("  next run:      {}", d.next_run);
+        match &d.last_success {
+            Some(r) => println!(
+                "  last success:  {}  {} ({}) in {:.1}s",
+                r.time,
+                r.id.as_deref().unwrap_or(""),
+                cli::mib(r.bytes),
+                r.seconds
+            ),
+            None => println!("  last success:  never"),
+        }
+        match &d.last_failure {
+            Some(r) => println!(
+                "  last failure:  {}  {}",
+                r.time,
+                r.error.as_deref().unwrap_or("")
+            ),
+            None => println!("  last failure:  never"),
+        }
+        if let (Some(s), Some(n)) = (&d.verify_schedule, &d.next_drill) {
+            println!("  drills:        {s}; next {n}");
+        }
+        for x in &d.destinations {
+            let newest = match (&x.newest, &x.error) {
+                (Some(n), _) => format!(
+                    "newest {} ({}, {} old)",
+                    n.id,
+                    cli::mib(n.stored_size),
+                    age(n.age_seconds)
+                ),
+                (None, Some(e)) => format!("cannot read: {e}"),
+                (None, None) => "no backup yet".to_string(),
+            };
+            println!("  {}  {newest}", x.destination);
+            match (&x.last_drill_pass, &x.last_drill_failure) {
+                (Some(p), Some(f)) if x.drill_failed_since_pass => println!(
+                    "      drill passed {p}; FAILED since {f}: {}",
+                    x.last_drill_error.as_deref().unwrap_or("")
+                ),
+                (Some(p), _) => println!("      drill passed {p}"),
+                (None, Some(f)) => println!(
+                    "      drill FAILED {f}: {}",
+                    x.last_drill_error.as_deref().unwrap_or("")
+                ),
+                (None, None) => {}
+            }
+        }
+    }
+    Ok(())
+}
