@@ -253,7 +253,9 @@ fn sigkill_at_random_moments_never_breaks_a_destination() {
             name: "restore (local)",
             args: strings(&["restore", "d", "-o", "r.db", "-q", "--force"]),
             dests: vec![("d".into(), Some(p("d")))],
-            temp_dirs: vec![setup.s.dir.path().to_path_buf()],
+            // Not yet checked: whether the next restore removes a killed
+            // one's temp beside the target (issue 15 §2).
+            temp_dirs: vec![p("d")],
             target: Some("r.db"),
             before: None,
         },
@@ -277,7 +279,9 @@ fn sigkill_at_random_moments_never_breaks_a_destination() {
             name: "pull (local to local)",
             args: strings(&["pull", "d", "pulled", "--all"]),
             dests: vec![("pulled".into(), Some(p("pulled")))],
-            temp_dirs: vec![p("pulled")],
+            // Not yet checked: whether the next pull removes a killed
+            // download's temp (issue 15 §2).
+            temp_dirs: vec![],
             target: None,
             before: Some(strings(&["backup", "app.db", "d", "-q"])),
         },
