@@ -72,6 +72,8 @@ pub enum Command {
     /// memory cap and a deadline. It checks every chunk and checksum, loads
     /// the database into memory and runs PRAGMA integrity_check and
     /// foreign_key_check; the host compares the result with the catalog.
+    /// A PostgreSQL backup is decoded in the sandbox and the dump piped
+    /// into `pg_restore --list` on the host.
     Verify(VerifyArgs),
     /// Generate a random 32-byte key for --key-file.
     Keygen(KeygenArgs),

@@ -195,12 +195,15 @@ impl PgServer {
         format!("postgres://127.0.0.1:{}/{db}", self.port)
     }
 
-    /// A client program of this server's version, connected over the socket.
+    /// A client program of this server's version, connected over the socket
+    /// (through libpq's environment: pgbench's `-d` is not a database).
     pub fn client(&self, program: &str, db: &str) -> Command {
         let mut c = Command::new(self.bin.join(program));
-        c.arg("-h")
-            .arg(&self.sock)
-            .args(["-p", &self.port.to_string(), "-U", USER, "-d", db]);
+        c.env("PGHOST", &self.sock)
+            .env("PGPORT", self.port.to_string())
+            .env("PGUSER", USER)
+            .env("PGDATABASE", db)
+            .env_remove("PGPASSWORD");
         c
     }
 

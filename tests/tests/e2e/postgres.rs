@@ -299,7 +299,7 @@ fn pg_dump_killed_mid_stream_publishes_nothing() {
 
     // Level 9 keeps cairn the slow end of the pipe, so pg_dump is mid-stream
     // for seconds.
-    let mut cairn = s
+    let cairn = s
         .cmd(&["backup", &pg.url("big"), "backups", "--level", "9"])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
