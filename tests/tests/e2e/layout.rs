@@ -273,8 +273,17 @@ fn prune_sweeps_dead_temps_and_old_orphans_but_not_fresh_ones() {
     let host = cairn::storage::hostname();
     let dead_here = format!("backups/snapshots/.y.db.gz.{host}.999999999.abc.tmp");
     std::fs::write(s.path(&dead_here), b"partial").unwrap();
-    // An archive no commit names (a backup killed before its commit).
-    let orphan = "backups/snapshots/20200101T000000Z-00000000.db.gz";
+    // An archive no commit names (a backup killed before its commit); its
+    // key carries the time it was written, as every archive key does.
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let orphan = format!(
+        "backups/snapshots/{}-00000000.db.gz",
+        cairn_core::time::compact(now_ms)
+    );
+    let orphan = orphan.as_str();
     std::fs::write(s.path(orphan), b"orphan").unwrap();
     let r = s
         .run(&["prune", "backups", "--keep-last", "5", "--json"])

@@ -657,8 +657,13 @@ fn moto_backend() {
         assert!(e.to_string().contains("checksum mismatch"), "{e}");
 
         // A multipart upload a killed writer left (moto takes unsigned
-        // requests): swept when old enough, and only under the prefix.
-        for key in ["sweep/left", "elsewhere/left"] {
+        // requests): swept when old enough, only under the prefix, and
+        // only for keys cairn writes (another program's upload is left).
+        for key in [
+            "sweep/snapshots/left",
+            "sweep/not-cairns",
+            "elsewhere/snapshots/left",
+        ] {
             let (status, resp) = raw_http(
                 server.addr(),
                 "POST",
