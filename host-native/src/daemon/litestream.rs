@@ -353,7 +353,7 @@ dbs:
                 .contains("no `dbs:`")
         );
         assert!(
-            convert(": : :")
+            convert("[unclosed")
                 .unwrap_err()
                 .to_string()
                 .contains("not valid YAML")
