@@ -10,6 +10,7 @@ use anyhow::{Context, Result, anyhow};
 use serde_yaml::Value;
 
 /// The generated TOML and what could not be carried over.
+#[derive(Debug)]
 pub struct Imported {
     pub toml: String,
     pub notes: Vec<String>,
