@@ -4,6 +4,7 @@
 //! - [`backup`], [`restore`], [`verify`]: the operations.
 //! - [`prune`], [`pull`], [`repair`]: retention, copies, catalog rebuild.
 //! - [`storage`]: where backups live (a local directory, S3, SFTP).
+//! - [`daemon`]: cairn.toml, schedules, notifications, drills, metrics.
 //! - [`repo`]: a destination's catalog (layout 2, reading layout 1).
 //! - [`engine`], [`sandbox`]: the core natively or as a wasm component.
 
