@@ -99,7 +99,8 @@ pub enum Command {
     /// runtime: `wasmtime run --dir BACKUPS::/backup cairn-wasi.wasm verify
     /// /backup/snapshots/ID.db.gz [--key-file /backup/KEY]`.
     Verifier(VerifierArgs),
-    /// Check a daemon config file (cairn.toml; see docs/CONFIG.md).
+    /// Check a daemon config file (cairn.toml; see docs/CONFIG.md), or
+    /// import one from Litestream.
     Config(ConfigArgs),
     /// Back up every database of a config file on its schedule: a
     /// long-lived process (systemd unit: examples/cairn.service).

@@ -5,6 +5,7 @@
 //! - [`prune`], [`pull`], [`repair`]: retention, copies, catalog rebuild.
 //! - [`sources`]: what is backed up (a SQLite file, a PostgreSQL database).
 //! - [`storage`]: where backups live (a local directory, S3, SFTP).
+//! - [`daemon`]: cairn.toml, schedules, notifications, drills, metrics.
 //! - [`repo`]: a destination's catalog (layout 2, reading layout 1).
 //! - [`engine`], [`sandbox`]: the core natively or as a wasm component.
 

@@ -10,6 +10,7 @@ use anyhow::{Context, Result, anyhow};
 use serde_yaml::Value;
 
 /// The generated TOML and what could not be carried over.
+#[derive(Debug)]
 pub struct Imported {
     pub toml: String,
     pub notes: Vec<String>,
@@ -176,6 +177,18 @@ pub fn convert(yaml: &str) -> Result<Imported> {
 
 /// One replica as a cairn destination URL, or `None` with a note.
 fn replica(r: &Value, at: &str, notes: &mut Vec<String>) -> Option<String> {
+    if r.get("password").is_some() {
+        notes.push(format!(
+            "{at}.password: cairn's SFTP uses keys (key-path or ssh-agent), not passwords"
+        ));
+    }
+    for k in ["access-key-id", "secret-access-key"] {
+        if r.get(k).is_some() {
+            notes.push(format!(
+                "{at}.{k}: set AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY in cairn's environment instead"
+            ));
+        }
+    }
     if let Some(u) = s(r, "url") {
         let scheme = u.split("://").next().unwrap_or("");
         return match scheme {
@@ -213,11 +226,6 @@ fn replica(r: &Value, at: &str, notes: &mut Vec<String>) -> Option<String> {
             if r.get("force-path-style").and_then(Value::as_bool) == Some(true) {
                 q.push("path_style=true".into());
             }
-            for k in ["access-key-id", "secret-access-key"] {
-                if r.get(k).is_some() {
-                    notes.push(format!("{at}.{k}: set AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY in cairn's environment instead"));
-                }
-            }
             let query = if q.is_empty() {
                 String::new()
             } else {
@@ -233,11 +241,6 @@ fn replica(r: &Value, at: &str, notes: &mut Vec<String>) -> Option<String> {
             let user = s(r, "user").unwrap_or("root");
             let path = s(r, "path").unwrap_or("");
             let sep = if path.starts_with('/') { "" } else { "/" };
-            if r.get("password").is_some() {
-                notes.push(format!(
-                    "{at}.password: cairn's SFTP uses keys (key-path or ssh-agent), not passwords"
-                ));
-            }
             let key = s(r, "key-path")
                 .map(|k| format!("?key={k}"))
                 .unwrap_or_default();
@@ -353,7 +356,7 @@ dbs:
                 .contains("no `dbs:`")
         );
         assert!(
-            convert(": : :")
+            convert("[unclosed")
                 .unwrap_err()
                 .to_string()
                 .contains("not valid YAML")

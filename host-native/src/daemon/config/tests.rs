@@ -216,7 +216,7 @@ fn missing_sections_and_bad_toml() {
         &problems(
             "[[databases]]\nname=\"a\"\nsource=\"a.db\"\ndestinations=[\"/b\"]\nschedule={every=\"1h\"}\nretention={}",
         ),
-        "databases[0].retention: retention policy",
+        "databases[0].retention: invalid retention policy",
     );
 }
 
