@@ -983,10 +983,11 @@ impl Inner {
                 let key = full.strip_prefix(self.prefix.as_str()).unwrap_or(full);
                 // With a destination at the bucket's root, the listing holds
                 // other programs' uploads too: abort only cairn's own.
-                if started.is_some_and(|t| t < cutoff) && super::is_layout_key(key) {
-                    if self.abort_was_there(key, full, id).await? {
-                        removed += 1;
-                    }
+                if started.is_some_and(|t| t < cutoff)
+                    && super::is_layout_key(key)
+                    && self.abort_was_there(key, full, id).await?
+                {
+                    removed += 1;
                 }
             }
             let next = (
