@@ -287,29 +287,9 @@ pub fn validate_object_key(key: &str) -> Result<()> {
 mod tests {
     use super::*;
 
+    /// A sample entry of `app.db` (the layout tests' builder).
     fn entry(id: &str, at: i64) -> Entry {
-        Entry {
-            id: id.into(),
-            kind: EntryKind::Snapshot,
-            object: snapshot_object_key(id, false),
-            created_at: crate::time::rfc3339(at),
-            created_at_ms: at,
-            source: "sqlite".into(),
-            db_name: "app.db".into(),
-            page_size: 4096,
-            plain_size: 10,
-            plain_sha256: Some("00".repeat(32)),
-            stored_size: 5,
-            stored_sha256: "11".repeat(32),
-            compression: "deflate-6".into(),
-            encryption: "none".into(),
-            key_id: None,
-            archive_id: "22".repeat(16),
-            server_version: None,
-            dump_format: None,
-            pg_dump_version: None,
-            extra: Default::default(),
-        }
+        crate::layout::test_entry(id, "app.db", at)
     }
 
     #[test]

@@ -23,6 +23,8 @@ mod state;
 pub use checkpoint::Checkpoint;
 pub use commit::{Commit, Removal};
 pub use marker::Marker;
+#[cfg(test)]
+pub(crate) use state::tests::entry as test_entry;
 pub use state::{GroupPlan, Removed, State};
 
 /// The destination marker: its presence makes a destination layout 2.

@@ -212,11 +212,12 @@ impl State {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::catalog::snapshot_object_key;
     use crate::layout::{Checkpoint, Removal};
 
+    /// A sample backup entry for tests, here and in `catalog`.
     pub(crate) fn entry(id: &str, db: &str, at: i64) -> Entry {
         Entry {
             id: id.into(),
