@@ -4,11 +4,13 @@
 //!
 //! Integrity: every request body carries a CRC32C (`x-amz-checksum-crc32c`,
 //! computed by the SDK over the in-memory body and sent as a header, so no
-//! aws-chunked encoding), and downloads are checked against the checksum the
-//! server returns when it returns a whole-object one. Objects uploaded in
-//! parts only have a per-part checksum, which the SDK cannot check on a
-//! whole-object read; cairn checks every object's SHA-256 against the
-//! catalog anyway, so that gap loses nothing.
+//! aws-chunked encoding), and small whole-object downloads (`get`: the log,
+//! checkpoints) are checked against the checksum the server returns.
+//! Streaming reads (`read`: archives) fetch ranges, `parts` at a time, held
+//! to one version of the object by its ETag (If-Match); S3 sends no checksum
+//! for a range, and objects uploaded in parts only have per-part ones, so
+//! what proves an archive's bytes is its SHA-256 and size in the catalog,
+//! which every reader checks (docs/FORMAT.md §7.5).
 
 use std::error::Error as StdError;
 use std::io;
@@ -260,6 +262,18 @@ fn find_in_chain<'a, T: StdError + 'static>(e: &'a (dyn StdError + 'static)) -> 
     None
 }
 
+/// What the first GET of a streaming read found.
+enum First {
+    /// The server ignored `Range` and sent the whole object.
+    Whole(SdkStream),
+    /// The first range: its bytes, the object's size and ETag.
+    Part {
+        data: Bytes,
+        total: u64,
+        etag: Option<String>,
+    },
+}
+
 impl Inner {
     fn describe(&self, key: &str) -> String {
         format!("s3://{}/{}{key}", self.bucket, self.prefix)
@@ -406,6 +420,142 @@ impl Inner {
             },
         )
         .await
+    }
+
+    /// The first GET of a streaming read: the object's first `len` bytes,
+    /// its size and ETag, or the whole body when the server ignores `Range`.
+    async fn first_range(&self, key: &str, len: u64) -> io::Result<First> {
+        let full = self.full_key(key)?;
+        let full = full.as_str();
+        retry::retry(
+            self.policy,
+            &format!("GET {}", self.describe(key)),
+            |_| async move {
+                let out = match self
+                    .client
+                    .get_object()
+                    .bucket(&self.bucket)
+                    .key(full)
+                    .range(format!("bytes=0-{}", len - 1))
+                    .send()
+                    .await
+                {
+                    Ok(o) => o,
+                    // 416: no byte 0, the object is empty.
+                    Err(e) if status_of(&e) == Some(416) => {
+                        return Ok(First::Part {
+                            data: Bytes::new(),
+                            total: 0,
+                            etag: None,
+                        });
+                    }
+                    Err(e) => return Err(self.fail("GET", key, e)),
+                };
+                let Some(range) = out.content_range() else {
+                    return Ok(First::Whole(out.body));
+                };
+                let total = range
+                    .rsplit_once('/')
+                    .and_then(|(_, t)| t.parse::<u64>().ok())
+                    .ok_or_else(|| {
+                        io::Error::new(
+                            io::ErrorKind::InvalidData,
+                            format!(
+                                "GET {}: the server sent Content-Range \"{range}\" without the object's size",
+                                self.describe(key)
+                            ),
+                        )
+                    })?;
+                let etag = out.e_tag().map(str::to_owned);
+                let data = self.collect(key, out.body, 0, len.min(total)).await?;
+                Ok(First::Part { data, total, etag })
+            },
+        )
+        .await
+    }
+
+    /// Bytes `start..start + len` of `key`, whole in memory. With `etag`
+    /// (If-Match), an object replaced since the first GET is an error, not
+    /// a silent mix of two objects.
+    async fn get_range(
+        &self,
+        key: &str,
+        start: u64,
+        len: u64,
+        etag: Option<&str>,
+    ) -> io::Result<Bytes> {
+        let full = self.full_key(key)?;
+        let full = full.as_str();
+        retry::retry(
+            self.policy,
+            &format!("GET {} at {start}", self.describe(key)),
+            |_| async move {
+                let out = self
+                    .client
+                    .get_object()
+                    .bucket(&self.bucket)
+                    .key(full)
+                    .range(format!("bytes={start}-{}", start + len - 1))
+                    .set_if_match(etag.map(str::to_owned))
+                    .send()
+                    .await
+                    .map_err(|e| {
+                        if is_precondition_failed(&e) {
+                            io::Error::new(
+                                io::ErrorKind::InvalidData,
+                                format!(
+                                    "{} was replaced while it was being read; run the command again",
+                                    self.describe(key)
+                                ),
+                            )
+                        } else {
+                            self.fail("GET", key, e)
+                        }
+                    })?;
+                self.collect(key, out.body, start, len).await
+            },
+        )
+        .await
+    }
+
+    /// A ranged response body, which must hold exactly `len` bytes: a short
+    /// one (a cut connection, a server that ignored the range) is retried.
+    async fn collect(&self, key: &str, mut body: SdkStream, start: u64, len: u64) -> io::Result<Bytes> {
+        let mut buf = BytesMut::with_capacity(len as usize);
+        while let Some(piece) = body.next().await {
+            buf.extend_from_slice(&piece.map_err(|e| self.body_error(key, e))?);
+            if buf.len() as u64 > len {
+                break;
+            }
+        }
+        if buf.len() as u64 != len {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!(
+                    "reading {}: the server sent {} bytes at offset {start}, not the {len} asked for",
+                    self.describe(key),
+                    buf.len()
+                ),
+            ));
+        }
+        Ok(buf.freeze())
+    }
+
+    /// A whole-object response body as a stream.
+    fn body_stream(self: &Arc<Self>, key: &str, body: SdkStream) -> ByteStream {
+        let me = self.clone();
+        let key = key.to_string();
+        futures::stream::unfold(Some(body), move |body| {
+            let (me, key) = (me.clone(), key.clone());
+            async move {
+                let mut body = body?;
+                match body.next().await? {
+                    Ok(b) => Some((Ok(b), Some(body))),
+                    Err(e) => Some((Err(me.body_error(&key, e)), None)),
+                }
+            }
+        })
+        .boxed()
     }
 
     /// An error while a response body streams in.
@@ -1135,38 +1285,59 @@ impl Backend for S3 {
     }
 
     async fn read(&self, key: &str) -> io::Result<ByteStream> {
-        let inner = &self.inner;
-        let full = inner.full_key(key)?;
-        let full = full.as_str();
-        let out = retry::retry(
-            inner.policy,
-            &format!("GET {}", inner.describe(key)),
-            |_| async move {
-                inner
-                    .client
-                    .get_object()
-                    .bucket(&inner.bucket)
-                    .key(full)
-                    .checksum_mode(ChecksumMode::Enabled)
-                    .send()
-                    .await
-                    .map_err(|e| inner.fail("GET", key, e))
-            },
-        )
-        .await?;
-        let me = self.inner.clone();
+        let inner = self.inner.clone();
+        let part = inner.part_size as u64;
+        let (data, total, etag) = match inner.first_range(key, part).await? {
+            First::Whole(body) => return Ok(inner.body_stream(key, body)),
+            First::Part { data, total, etag } => (data, total, etag),
+        };
+        let got = data.len() as u64;
+        let head = futures::stream::iter((!data.is_empty()).then_some(Ok(data)));
+        if got >= total {
+            return Ok(head.boxed());
+        }
+        // The rest in ranges, `parts_in_flight` at a time, handed on in
+        // order. Each range is its own task, so downloads go on while the
+        // reader is busy; the pump stops when the reader goes away (the send
+        // fails) or at the first error. Memory stays at about
+        // (parts in flight + 2) ranges whatever the object's size.
+        let (tx, rx) = tokio::sync::mpsc::channel::<io::Result<Bytes>>(1);
         let key = key.to_string();
-        let s = futures::stream::unfold(Some(out.body), move |body| {
-            let (me, key) = (me.clone(), key.clone());
-            async move {
-                let mut body = body?;
-                match body.next().await? {
-                    Ok(b) => Some((Ok(b), Some(body))),
-                    Err(e) => Some((Err(me.body_error(&key, e)), None)),
+        let in_flight = inner.parts_in_flight;
+        tokio::spawn(async move {
+            let mut ranges = (got..total)
+                .step_by(part as usize)
+                .map(move |s| (s, part.min(total - s)));
+            let mut pending = std::collections::VecDeque::new();
+            loop {
+                while pending.len() < in_flight {
+                    let Some((start, len)) = ranges.next() else {
+                        break;
+                    };
+                    let (inner, key, etag) = (inner.clone(), key.clone(), etag.clone());
+                    pending.push_back(tokio::spawn(async move {
+                        inner.get_range(&key, start, len, etag.as_deref()).await
+                    }));
+                }
+                let Some(task) = pending.pop_front() else {
+                    break;
+                };
+                let piece = task
+                    .await
+                    .unwrap_or_else(|e| Err(io::Error::other(format!("a download task failed: {e}"))));
+                let failed = piece.is_err();
+                if tx.send(piece).await.is_err() || failed {
+                    for t in pending {
+                        t.abort();
+                    }
+                    break;
                 }
             }
         });
-        Ok(s.boxed())
+        let rest = futures::stream::unfold(rx, |mut rx| async move {
+            rx.recv().await.map(|piece| (piece, rx))
+        });
+        Ok(head.chain(rest).boxed())
     }
 
     async fn put(&self, key: &str, data: Bytes, cond: Cond) -> io::Result<Put> {
