@@ -307,6 +307,11 @@ pub struct RestoreArgs {
     /// sandbox (decode, checksums, integrity_check); restore only if it passes.
     #[arg(long)]
     pub verify_sandboxed: bool,
+    /// When to run integrity_check on a restored SQLite database. auto: unless
+    /// `cairn verify` recorded that these very bytes passed it (the restore
+    /// proves them identical by their SHA-256); full: always.
+    #[arg(long, value_enum, default_value_t = restore::CheckMode::Auto)]
+    pub check: restore::CheckMode,
     #[command(flatten)]
     pub sandbox: SandboxArgs,
     #[command(flatten)]
@@ -355,6 +360,11 @@ pub struct VerifyArgs {
     /// streaming it into the sandbox (which needs no local disk).
     #[arg(long)]
     pub download_first: bool,
+    /// Do not record passed checks in the destination's log (by default a
+    /// passed integrity_check is recorded, and restores of those very bytes
+    /// skip it; use this with read-only credentials).
+    #[arg(long)]
+    pub no_record: bool,
     #[command(flatten)]
     pub out: OutputArgs,
 }
@@ -781,6 +791,7 @@ fn cmd_restore(a: RestoreArgs, rt: &tokio::runtime::Runtime) -> Result<()> {
             .ok_or_else(|| anyhow!("give -o PATH (a file) or --to postgres://… (a database)"))?,
         force: a.force,
         if_db_not_exists: a.if_db_not_exists,
+        check: a.check,
         key: key.clone(),
         engine: a.engine,
         limits: a.sandbox.decode_limits(),
@@ -796,7 +807,9 @@ fn cmd_restore(a: RestoreArgs, rt: &tokio::runtime::Runtime) -> Result<()> {
     }
     if !a.out.quiet {
         if r.restored {
-            let check = if r.content == "SQLite database" {
+            let check = if let Some(at) = &r.integrity_checked_at {
+                format!("integrity_check passed at {at} (cairn verify) on these very bytes")
+            } else if r.content == "SQLite database" {
                 "integrity_check ok".to_string()
             } else {
                 format!("checksums ok; it holds {}", r.content)
@@ -872,6 +885,7 @@ fn cmd_verify(a: VerifyArgs, rt: &tokio::runtime::Runtime) -> Result<()> {
         temp_dir: temp_dir(&a.temp_dir),
         progress: a.out.progress(),
         download_first: a.download_first,
+        record: !a.no_record,
         ..verify_options(&a.sandbox, !a.no_sandbox)
     };
     let results = verify::run(&open_dest(&a.dest, rt)?, &opts)?;
@@ -947,6 +961,7 @@ pub(crate) fn verify_options(s: &SandboxArgs, sandbox: bool) -> verify::VerifyOp
         temp_dir: std::env::temp_dir(),
         progress: false,
         download_first: false,
+        record: true,
     }
 }
 

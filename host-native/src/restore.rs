@@ -21,6 +21,16 @@ use crate::sources::postgres::{self, PgSource};
 use crate::storage::Dest;
 use crate::{repo, snapshot};
 
+/// When a restored SQLite database gets `integrity_check`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum CheckMode {
+    /// Unless the destination's log records that these very bytes passed it
+    /// (`cairn verify`); the restore proves them identical by their SHA-256.
+    Auto,
+    /// Always.
+    Full,
+}
+
 pub struct RestoreOptions {
     pub id: Option<String>,
     /// The database whose newest backup to restore, in a shared destination.
@@ -28,6 +38,7 @@ pub struct RestoreOptions {
     pub output: PathBuf,
     pub force: bool,
     pub if_db_not_exists: bool,
+    pub check: CheckMode,
     pub key: KeyMaterial,
     pub engine: EngineKind,
     pub limits: Limits,
@@ -49,6 +60,12 @@ pub struct RestoreReport {
     /// What the backup held, from its first bytes: "SQLite database",
     /// "pg_dump custom format", "SQL text", …
     pub content: String,
+    /// A SQLite database: "ran" (integrity_check ran now) or "recorded"
+    /// (these bytes passed it at `integrity_checked_at`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub integrity_check: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub integrity_checked_at: Option<String>,
     /// `--to`: how PostgreSQL got it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub postgres: Option<postgres::restore::Restored>,
@@ -69,6 +86,8 @@ pub fn run(storage: &Dest, opts: &RestoreOptions) -> Result<RestoreReport> {
             engine: opts.engine,
             verified_in_sandbox: false,
             content: String::new(),
+            integrity_check: None,
+            integrity_checked_at: None,
             postgres: None,
             seconds: 0.0,
         });
@@ -128,13 +147,24 @@ pub fn run(storage: &Dest, opts: &RestoreOptions) -> Result<RestoreReport> {
     // integrity_check; a pg_dump file or SQL text is written as it is (its
     // sums were checked), for pg_restore or psql.
     let kind = sniff_file(tmp.path())?;
+    // The bytes were just proven to be the entry's (stored SHA-256, and the
+    // trailer's plaintext sum): a recorded pass on them is a pass on this file.
+    let recorded = state
+        .integrity_checked(&entry)
+        .filter(|_| opts.check == CheckMode::Auto && opts.verify_sandboxed.is_none());
+    let mut integrity_check = None;
     if kind == cairn_core::Kind::Sqlite {
-        snapshot::integrity_check(tmp.path()).map_err(|e| {
-            anyhow!(
-                "the database restored from {object} is not sound: {e:#}; nothing was written to {}",
-                out.display()
-            )
-        })?;
+        if recorded.is_some() {
+            integrity_check = Some("recorded");
+        } else {
+            snapshot::integrity_check(tmp.path()).map_err(|e| {
+                anyhow!(
+                    "the database restored from {object} is not sound: {e:#}; nothing was written to {}",
+                    out.display()
+                )
+            })?;
+            integrity_check = Some("ran");
+        }
     }
 
     if opts.force && kind == cairn_core::Kind::Sqlite {
@@ -172,6 +202,10 @@ pub fn run(storage: &Dest, opts: &RestoreOptions) -> Result<RestoreReport> {
         engine: opts.engine,
         verified_in_sandbox: opts.verify_sandboxed.is_some(),
         content: content_name(kind).into(),
+        integrity_check,
+        integrity_checked_at: recorded
+            .filter(|_| kind == cairn_core::Kind::Sqlite)
+            .map(|k| cairn_core::time::rfc3339(k.at_ms)),
         postgres: None,
         seconds: started.elapsed().as_secs_f64(),
     })
@@ -277,6 +311,8 @@ pub fn run_to_postgres(storage: &Dest, opts: &PgRestoreOptions) -> Result<Restor
         engine: opts.engine,
         verified_in_sandbox: opts.verify_sandboxed.is_some(),
         content: restored.content.into(),
+        integrity_check: None,
+        integrity_checked_at: None,
         postgres: Some(restored),
         seconds: started.elapsed().as_secs_f64(),
     })

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow};
 use cairn_core::catalog::Entry;
+use cairn_core::layout::{self, State};
 use cairn_core::{KeyMaterial, SourceKind};
 use serde::Serialize;
 
@@ -51,6 +52,9 @@ pub struct VerifyOptions {
     /// For a remote archive: copy it to `temp_dir` first instead of
     /// streaming it into the sandbox.
     pub download_first: bool,
+    /// Record each passed integrity_check in the destination's log, so that
+    /// restores of those very bytes need not run it again (docs/FORMAT.md §12.3).
+    pub record: bool,
 }
 
 #[derive(Debug, Serialize)]
@@ -103,10 +107,52 @@ pub fn run(storage: &Dest, opts: &VerifyOptions) -> Result<Vec<VerifyResult>> {
             opts.db.as_deref(),
         )?]
     };
-    Ok(entries
+    let results: Vec<VerifyResult> = entries
         .iter()
         .map(|e| verify_one(storage, e, opts))
-        .collect())
+        .collect();
+    if opts.record {
+        record_checks(storage, &state, &entries, &results);
+    }
+    Ok(results)
+}
+
+/// Commits a `checked` record for each SQLite backup that passed and has
+/// none yet. Only into a layout-2 destination (a layout-1 one is not
+/// upgraded by a verify). A failure (read-only credentials, say) costs only
+/// the shortcut: restores then run integrity_check themselves.
+fn record_checks(storage: &Dest, state: &State, entries: &[Entry], results: &[VerifyResult]) {
+    let now = crate::storage::now_ms();
+    let checked: Vec<layout::Checked> = entries
+        .iter()
+        .zip(results)
+        .filter(|(e, r)| {
+            r.ok && r.postgres.is_none() && !is_postgres(e) && state.integrity_checked(e).is_none()
+        })
+        .map(|(e, _)| layout::Checked {
+            id: e.id.clone(),
+            stored_sha256: e.stored_sha256.clone(),
+            check: layout::INTEGRITY_CHECK.into(),
+            at_ms: now,
+        })
+        .collect();
+    if checked.is_empty() {
+        return;
+    }
+    let done = repo::load(storage).and_then(|mut loaded| {
+        if !loaded.is_v2() {
+            return Ok(());
+        }
+        let mut commit = repo::write::new_commit();
+        commit.checked = checked;
+        repo::write::append(storage, &mut loaded, commit).map(drop)
+    });
+    if let Err(e) = done {
+        eprintln!(
+            "warning: cannot record the passed check in {}: {e:#}; restores will run integrity_check themselves",
+            storage.describe("")
+        );
+    }
 }
 
 fn verify_one(storage: &Dest, entry: &Entry, opts: &VerifyOptions) -> VerifyResult {

@@ -7,6 +7,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use super::commit::Checked;
 use super::state::{Removed, State};
 use crate::catalog::Entry;
 use crate::envelope;
@@ -28,6 +29,9 @@ pub struct Checkpoint {
     /// The newest orphan-sweep mark of the log (Commit::swept_before_ms).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub swept_before_ms: Option<i64>,
+    /// Checks the backups passed (Commit::checked), by id.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub checked: Vec<Checked>,
 }
 
 impl Checkpoint {
@@ -39,6 +43,7 @@ impl Checkpoint {
             others: state.others.values().cloned().collect(),
             removed: state.removed.clone(),
             swept_before_ms: (state.swept_before_ms > 0).then_some(state.swept_before_ms),
+            checked: state.checked.values().cloned().collect(),
         }
     }
 

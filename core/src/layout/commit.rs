@@ -11,6 +11,24 @@ use crate::error::{Error, Result};
 
 pub const COMMIT_FORMAT: &str = "cairn-commit";
 
+/// A check a backup passed after it was written (`cairn verify`): SQLite's
+/// `integrity_check` over the very bytes whose SHA-256 is `stored_sha256`.
+/// A restore that reproduces those bytes (it checks them against the entry)
+/// has then restored a checked database, and need not run the check again.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Checked {
+    pub id: String,
+    /// The archive's SHA-256 when it was checked; the record applies only
+    /// while the entry still names these bytes.
+    pub stored_sha256: String,
+    /// What passed: `integrity_check` (with `foreign_key_check`).
+    pub check: String,
+    pub at_ms: i64,
+}
+
+/// The `check` of a passed SQLite integrity_check.
+pub const INTEGRITY_CHECK: &str = "integrity_check";
+
 /// A backup taken out of the destination, and why.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Removal {
@@ -46,6 +64,9 @@ pub struct Commit {
     /// instead of listing all of `snapshots/`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub swept_before_ms: Option<i64>,
+    /// Checks that backups passed (`cairn verify`), applied after `add`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub checked: Vec<Checked>,
 }
 
 impl Commit {
@@ -60,6 +81,7 @@ impl Commit {
             add: Vec::new(),
             note: None,
             swept_before_ms: None,
+            checked: Vec::new(),
         }
     }
 

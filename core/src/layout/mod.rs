@@ -21,7 +21,7 @@ mod marker;
 mod state;
 
 pub use checkpoint::Checkpoint;
-pub use commit::{Commit, Removal};
+pub use commit::{Checked, Commit, INTEGRITY_CHECK, Removal};
 pub use marker::Marker;
 #[cfg(test)]
 pub(crate) use state::tests::entry as test_entry;

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::checkpoint::Checkpoint;
-use super::commit::Commit;
+use super::commit::{Checked, Commit, INTEGRITY_CHECK};
 use crate::catalog::{Entry, EntryKind};
 use crate::error::{Error, Result};
 use crate::retention::{self, Decision, Policy};
@@ -39,6 +39,8 @@ pub struct State {
     /// Archives whose key's time is before this were examined by an orphan
     /// sweep (0: never swept).
     pub swept_before_ms: i64,
+    /// The newest check each backup passed, by id.
+    pub checked: BTreeMap<String, Checked>,
 }
 
 /// The retention plan for one database.
@@ -61,6 +63,9 @@ impl State {
             swept_before_ms: c.swept_before_ms.unwrap_or(0),
             ..State::default()
         };
+        for k in c.checked {
+            s.checked.insert(k.id.clone(), k);
+        }
         for e in c.entries {
             crate::catalog::validate_object_key(&e.object)?;
             s.entries.insert(e.id.clone(), e);
@@ -87,6 +92,7 @@ impl State {
         for r in &c.remove {
             self.entries.remove(&r.id);
             self.others.remove(&r.id);
+            self.checked.remove(&r.id);
             self.removed.push(Removed {
                 id: r.id.clone(),
                 object: r.object.clone(),
@@ -120,6 +126,19 @@ impl State {
                 self.others
                     .entry(id.to_string())
                     .or_insert_with(|| a.clone());
+            }
+        }
+        for k in &c.checked {
+            // Only for a backup that exists: a check of one removed (or never
+            // added) must not outlive it and meet a later id by chance.
+            if !self.entries.contains_key(&k.id) {
+                continue;
+            }
+            match self.checked.get(&k.id) {
+                Some(old) if old.at_ms >= k.at_ms => {}
+                _ => {
+                    self.checked.insert(k.id.clone(), k.clone());
+                }
             }
         }
         if let Some(t) = c.swept_before_ms {
@@ -184,6 +203,13 @@ impl State {
                     .filter_map(|v| v.get("object").and_then(Value::as_str)),
             )
             .collect()
+    }
+
+    /// The passed integrity_check recorded for `e`'s very bytes, if any.
+    pub fn integrity_checked(&self, e: &Entry) -> Option<&Checked> {
+        self.checked
+            .get(&e.id)
+            .filter(|k| k.check == INTEGRITY_CHECK && k.stored_sha256 == e.stored_sha256)
     }
 
     /// The entry whose object key is `object`.
@@ -286,6 +312,49 @@ pub(crate) mod tests {
         s.apply(&commit(3, 20 + super::super::REMOVED_KEEP_MS + 1, &[], &[]))
             .unwrap();
         assert!(s.removed.is_empty());
+    }
+
+    #[test]
+    fn a_check_applies_to_its_backups_bytes_only_and_goes_with_it() {
+        use crate::layout::Checked;
+        let a = entry("a", "app.db", 1);
+        let check = |id: &str, sha: &str, at: i64| Checked {
+            id: id.into(),
+            stored_sha256: sha.into(),
+            check: INTEGRITY_CHECK.into(),
+            at_ms: at,
+        };
+        let mut s = State::default();
+        let mut c = commit(1, 10, &[a.clone()], &[]);
+        // In the same commit as the add (applied after it), and one for an
+        // id that does not exist, which is dropped.
+        c.checked.push(check("a", &a.stored_sha256, 10));
+        c.checked.push(check("ghost", &a.stored_sha256, 10));
+        s.apply(&c).unwrap();
+        assert_eq!(s.integrity_checked(&a).unwrap().at_ms, 10);
+        assert!(!s.checked.contains_key("ghost"));
+        // Other bytes under the same id: the record does not apply.
+        let mut other = a.clone();
+        other.stored_sha256 = "33".repeat(32);
+        assert!(s.integrity_checked(&other).is_none());
+        // Another kind of check does not count as integrity_check.
+        let mut c = commit(2, 20, &[], &[]);
+        c.checked.push(Checked {
+            check: "pg_restore --list".into(),
+            ..check("a", &a.stored_sha256, 5)
+        });
+        s.apply(&c).unwrap();
+        assert!(s.integrity_checked(&a).is_some(), "the newer record stays");
+        // A checkpoint carries the records; a removal drops them.
+        let back =
+            State::from_checkpoint(Checkpoint::parse(&Checkpoint::of(&s).render(), 2).unwrap())
+                .unwrap();
+        assert_eq!(back.checked, s.checked);
+        s.apply(&commit(3, 30, &[], &[&a])).unwrap();
+        assert!(s.checked.is_empty());
+        // Re-added under the same id later: unchecked until checked again.
+        s.apply(&commit(4, 40, &[a.clone()], &[])).unwrap();
+        assert!(s.integrity_checked(&a).is_none());
     }
 
     #[test]

@@ -215,6 +215,7 @@ pub fn run_drill(cfg: &Config, db: &Database, rt: &Runtime) -> Result<Outcome> {
                 temp_dir: temp_dir(cfg),
                 progress: false,
                 download_first: false,
+                record: true,
             };
             verify::run(&dest, &opts)
         });

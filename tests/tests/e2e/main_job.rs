@@ -333,3 +333,49 @@ fn a_rollback_journal_database_is_copied_with_the_backup_api() {
         "no temp copy left behind"
     );
 }
+
+/// `verify` records a passed integrity_check in the log; a restore of those
+/// very bytes skips the check (`--check full` runs it anyway), and a backup
+/// nobody verified is checked by its restore.
+#[test]
+fn a_verified_backup_restores_without_checking_twice() {
+    let s = Scratch::new();
+    s.make_db("app.db", 5_000);
+    s.run(&["backup", "app.db", "-q"]).ok();
+    let logs = || std::fs::read_dir(s.path("backups/log")).unwrap().count();
+    let restore = |out: &str, extra: &[&str]| -> serde_json::Value {
+        let mut args = vec!["restore", "backups", "-o", out, "--json"];
+        args.extend_from_slice(extra);
+        serde_json::from_str(&s.run(&args).ok().stdout).unwrap()
+    };
+    let r = restore("a.db", &[]);
+    assert_eq!(r["integrity_check"], "ran", "{r}");
+
+    // --no-record writes nothing; a plain verify writes one commit, once.
+    let before = logs();
+    s.run(&["verify", "--no-record"]).ok();
+    assert_eq!(logs(), before);
+    s.run(&["verify"]).ok();
+    assert_eq!(logs(), before + 1);
+    s.run(&["verify"]).ok();
+    assert_eq!(logs(), before + 1, "an existing record is not written again");
+
+    let r = restore("b.db", &[]);
+    assert_eq!(r["integrity_check"], "recorded", "{r}");
+    assert!(r["integrity_checked_at"].as_str().is_some(), "{r}");
+    assert!(integrity_ok(&s.path("b.db")));
+    assert_eq!(s.read("a.db"), s.read("b.db"));
+    let r = restore("c.db", &["--check", "full"]);
+    assert_eq!(r["integrity_check"], "ran", "{r}");
+    let text = s.run(&["restore", "backups", "-o", "d.db"]).ok();
+    assert!(
+        text.stderr.contains("integrity_check passed at") && text.stderr.contains("(cairn verify)"),
+        "{}",
+        text.stderr
+    );
+
+    // A newer backup is not covered by the older one's record.
+    s.run(&["backup", "app.db", "-q"]).ok();
+    let r = restore("e.db", &[]);
+    assert_eq!(r["integrity_check"], "ran", "{r}");
+}
