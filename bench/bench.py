@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""cairn's benchmark against the tools people use today (issue 4).
+"""cairn's benchmark against the tools people use today (issues 4, 10 and 12).
 
 Run it through bench/run.sh, which builds cairn and installs the peers;
 bench/README.md says what is measured and how. Standard library only.
@@ -15,6 +15,7 @@ import sqlite3
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -632,6 +633,345 @@ def print_s3_table(rows, size):
         print("| " + " | ".join(c.ljust(k) if i < 2 else c.rjust(k) for i, (c, k) in enumerate(zip(x, w))) + " |")
 
 
+# --------------------------------------------------------------------------
+# PostgreSQL (issue 12): pg_dump -Fc / pg_restore side by side with cairn
+
+PG_TABLES = ("pgbench_accounts", "pgbench_branches", "pgbench_tellers", "pgbench_history")
+
+
+def pg_bin_dir():
+    """`$CAIRN_PG_BIN`, else the newest /usr/lib/postgresql/<N>/bin with a server."""
+    d = os.environ.get("CAIRN_PG_BIN")
+    if d:
+        return Path(d) if (Path(d) / "postgres").is_file() else None
+    found = []
+    for e in Path("/usr/lib/postgresql").glob("*/bin/postgres"):
+        try:
+            found.append((int(e.parent.parent.name), e.parent))
+        except ValueError:
+            pass
+    return max(found)[1] if found else None
+
+
+class PgServer:
+    """A throwaway PostgreSQL on 127.0.0.1 at a free high port: initdb into a
+    temp directory (as the `postgres` user when we are root: initdb refuses
+    root), the server's default settings but for the address, the port and
+    the socket directory; stopped by PID (fast shutdown) and removed after.
+    Every tool connects over TCP as `postgres` (trust: a throwaway cluster)."""
+
+    def __init__(self, bindir):
+        self.bin = bindir
+        self.user = None
+        if os.geteuid() == 0:
+            import pwd
+            try:
+                pw = pwd.getpwnam("postgres")
+            except KeyError:
+                raise BenchError("running as root and there is no `postgres` user to run initdb as") from None
+            self.user = pw.pw_uid, pw.pw_gid
+        self.dir = Path(tempfile.mkdtemp(prefix="cairn-bench-pg-"))
+        self.data, self.sock, self.log = self.dir / "data", self.dir / "sock", self.dir / "postgres.log"
+        self.sock.mkdir()
+        if self.user:
+            for p in (self.dir, self.sock):
+                os.chown(p, *self.user)
+        self.proc = None
+        try:
+            self._start()
+        except BaseException:
+            self.stop()  # and its temp directory goes
+            raise
+
+    def _start(self):
+        self._as_server([self.bin / "initdb", "-D", self.data, "-U", "postgres", "-E", "UTF8",
+                         "--locale=C", "--auth=trust", "--no-sync"], "initdb")
+        import socket
+        with socket.socket() as sk:
+            sk.bind(("127.0.0.1", 0))
+            self.port = sk.getsockname()[1]
+        kw = {"user": self.user[0], "group": self.user[1], "extra_groups": []} if self.user else {}
+        self.proc = subprocess.Popen(
+            [self.bin / "postgres", "-D", self.data, "-p", str(self.port), "-k", self.sock,
+             "-c", "listen_addresses=127.0.0.1"],
+            stdin=subprocess.DEVNULL, stdout=open(self.log, "wb"), stderr=subprocess.STDOUT, **kw)
+        deadline = time.time() + 30
+        while subprocess.run([self.bin / "pg_isready", "-q", "-h", "127.0.0.1", "-p", str(self.port)]).returncode:
+            if self.proc.poll() is not None or time.time() > deadline:
+                raise BenchError(f"PostgreSQL did not start on 127.0.0.1:{self.port}: "
+                                 f"{self.log.read_text(errors='replace')[-800:]}")
+            time.sleep(0.1)
+
+    def _as_server(self, argv, what):
+        kw = {"user": self.user[0], "group": self.user[1], "extra_groups": []} if self.user else {}
+        p = subprocess.run(argv, capture_output=True, cwd=self.dir, **kw)
+        if p.returncode:
+            raise BenchError(f"{what} failed: {p.stderr.decode(errors='replace').strip()[-800:]}")
+
+    def url(self, db):
+        return f"postgres://postgres@127.0.0.1:{self.port}/{db}"
+
+    def conn(self, db):
+        return ["-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres", "-d", db]
+
+    def sql(self, db, query):
+        p = subprocess.run([self.bin / "psql", "-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1",
+                            *self.conn(db), "-c", query], capture_output=True, text=True)
+        if p.returncode:
+            raise BenchError(f"psql -c {query!r} failed: {p.stderr.strip()}")
+        return p.stdout.strip()
+
+    def stop(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(2)  # SIGINT: fast shutdown
+            try:
+                self.proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class PgBench:
+    """The operations of the PostgreSQL part, on a pgbench database at --pg-scale."""
+
+    DB = "bench"
+
+    def __init__(self, a, work, key):
+        self.a = a
+        self.cairn = a.cairn
+        self.key = key
+        self.work = work
+        self.bindir = pg_bin_dir()
+        if not self.bindir:
+            raise BenchError("no PostgreSQL server found in /usr/lib/postgresql/<N>/bin (Debian package "
+                             "`postgresql`; .ci/setup.sh installs it) or $CAIRN_PG_BIN; or pass --skip pg")
+        # cairn finds pg_dump/pg_restore/psql through CAIRN_PG_BIN: wrappers
+        # that run the real ones under GNU time record the child's own peak
+        # RSS (GNU time's %M for cairn is max(cairn, its children): that is
+        # how the kernel reports ru_maxrss of a process that waited for others).
+        self.wrap = work / "pg-wrap"
+        self.wrap.mkdir()
+        self.child_rss = work / "pg-child-rss"
+        for tool in ("pg_dump", "pg_restore"):
+            w = self.wrap / tool
+            w.write_text(f'#!/bin/sh\nexec {TIME} -a -o "{self.child_rss}" -f %M "{self.bindir / tool}" "$@"\n')
+            w.chmod(0o755)
+        (self.wrap / "psql").symlink_to(self.bindir / "psql")
+        self.env = dict(os.environ, CAIRN_PG_BIN=str(self.wrap))
+        self.env.pop("PGPASSWORD", None)
+        self.inputs = {}
+        self.seq = 0
+        self.server = PgServer(self.bindir)
+        try:
+            self.setup()
+        except BaseException:
+            self.server.stop()
+            raise
+
+    def setup(self):
+        s = self.server
+        s.sql("postgres", f"CREATE DATABASE {self.DB}")
+        say(f"pgbench -i -s {self.a.pg_scale} on PostgreSQL at 127.0.0.1:{s.port}")
+        t0 = time.perf_counter()
+        p = subprocess.run([self.bindir / "pgbench", "-i", "-q", "-s", str(self.a.pg_scale),
+                            *s.conn(self.DB)[:-2], self.DB], capture_output=True, text=True)
+        if p.returncode:
+            raise BenchError(f"pgbench -i failed: {p.stderr.strip()[-800:]}")
+        self.size = int(s.sql(self.DB, f"SELECT pg_database_size('{self.DB}')"))
+        self.expected = self.fingerprint(self.DB)
+        self.version = s.sql("postgres", "SHOW server_version")
+        say(f"pgbench database {human(self.size)} in {time.perf_counter() - t0:.0f}s; {self.expected}")
+
+    def fingerprint(self, db):
+        """Row counts and balance sums of pgbench's tables, and the number of indexes."""
+        q = ", ".join(f"(SELECT count(*) FROM {t})" for t in PG_TABLES)
+        q += ", (SELECT sum(abalance) FROM pgbench_accounts), " \
+             "(SELECT count(*) FROM pg_indexes WHERE schemaname = 'public')"
+        return self.server.sql(db, f"SELECT {q}")
+
+    def stop(self):
+        self.server.stop()
+
+    def child_peak_kib(self):
+        if not self.child_rss.exists():
+            return None
+        vals = [int(x) for x in self.child_rss.read_text().split() if x.isdigit()]
+        self.child_rss.unlink()
+        return max(vals) if vals else None
+
+    # ---- backups
+    def pg_dump(self, rep_dir):
+        out = rep_dir / "bench.dump"
+        s = run_steps([([self.bindir / "pg_dump", "-Fc", "-f", out, f"--dbname={self.server.url(self.DB)}"],
+                        None, None)], env=self.env)
+        s.out_bytes = out.stat().st_size
+        self.inputs["pg_dump"] = out
+        return s
+
+    def cairn_backup(self, rep_dir, name, encrypt):
+        dest = fresh(rep_dir / name)
+        argv = [self.cairn, "backup", self.server.url(self.DB), dest, "-q", "--json"]
+        if encrypt:
+            argv += ["--key-file", self.key]
+        out = rep_dir / f"{name}.json"
+        self.child_peak_kib()  # a fresh record for this run
+        s = run_steps([(argv, out, None)], env=self.env)
+        s.child_rss_kib = self.child_peak_kib()
+        s.out_bytes = json.loads(out.read_text())["stored_size"]
+        self.inputs[name] = dest
+        return s
+
+    # ---- restores, each into a new database created (and dropped) untimed
+    def _restore(self, rep_dir, what, argv_for):
+        self.seq += 1
+        db = f"restore_{self.seq}"
+        self.server.sql("postgres", f"CREATE DATABASE {db}")
+        try:
+            self.child_peak_kib()
+            s = run_steps([(argv_for(self.server.url(db)), None, None)], env=self.env)
+            s.child_rss_kib = self.child_peak_kib()
+            got = self.fingerprint(db)
+            if got != self.expected:
+                raise BenchError(f"{what}: the restored database differs ({got} != {self.expected})")
+            s.out_bytes = int(self.server.sql(db, f"SELECT pg_database_size('{db}')"))
+        finally:
+            self.server.sql("postgres", f"DROP DATABASE IF EXISTS {db}")
+        return s
+
+    def pg_restore(self, rep_dir, jobs=None):
+        j = ["--jobs", str(jobs)] if jobs else []
+        return self._restore(rep_dir, "pg_restore", lambda url: [
+            self.bindir / "pg_restore", *j, "--exit-on-error", f"--dbname={url}", self.inputs["pg_dump"]])
+
+    def cairn_restore(self, rep_dir, name, encrypt, jobs=None):
+        def argv(url):
+            v = [self.cairn, "restore", self.inputs[name], "--to", url, "-q"]
+            if encrypt:
+                v += ["--key-file", self.key]
+            if jobs:
+                v += ["--jobs", str(jobs), "--temp-dir", self.work / "tmp"]
+            return v
+        return self._restore(rep_dir, f"cairn restore ({name})", argv)
+
+    def operations(self):
+        """(tool, label, kind, fn(rep_dir) -> Sample). Backups before restores."""
+        return [
+            ("pg_dump", PG_REF_DUMP, "backup", self.pg_dump),
+            ("cairn", PG_CAIRN_BACKUP, "backup", lambda r: self.cairn_backup(r, "pg-plain", False)),
+            ("cairn", PG_CAIRN_BACKUP_ENC, "backup", lambda r: self.cairn_backup(r, "pg-enc", True)),
+            ("pg_restore", PG_REF_RESTORE, "restore", self.pg_restore),
+            ("pg_restore", PG_REF_RESTORE_J2, "restore", lambda r: self.pg_restore(r, 2)),
+            ("cairn", PG_CAIRN_RESTORE, "restore", lambda r: self.cairn_restore(r, "pg-plain", False)),
+            ("cairn", PG_CAIRN_RESTORE_ENC, "restore", lambda r: self.cairn_restore(r, "pg-enc", True)),
+            ("cairn", PG_CAIRN_RESTORE_J2, "restore", lambda r: self.cairn_restore(r, "pg-plain", False, 2)),
+        ]
+
+
+PG_OPS = 8  # rows of the PostgreSQL table (PgBench.operations)
+PG_REF_DUMP = "pg_dump -Fc (default compression)"
+PG_CAIRN_BACKUP = "cairn backup"
+PG_CAIRN_BACKUP_ENC = "cairn backup --key-file"
+PG_REF_RESTORE = "pg_restore -d (that dump)"
+PG_REF_RESTORE_J2 = "pg_restore --jobs 2 -d"
+PG_CAIRN_RESTORE = "cairn restore --to"
+PG_CAIRN_RESTORE_ENC = "cairn restore --to --key-file"
+PG_CAIRN_RESTORE_J2 = "cairn restore --to --jobs 2"
+
+
+def measure_pg(a, key, work):
+    """The PostgreSQL part: its own server and database, rounds, table, targets."""
+    pg = PgBench(a, work, key)
+    try:
+        ops = pg.operations()
+        say(f"PostgreSQL {pg.version}, pgbench scale {a.pg_scale}: {len(ops)} operations x {a.reps} timed rounds")
+        samples = {op[1]: [] for op in ops}
+        for rnd in range(a.reps):
+            say(f"pg round {rnd + 1}/{a.reps}")
+            rep_dir = fresh(work / "pg-rep")
+            for tool, label, kind, fn in ops:
+                s = fn(rep_dir)
+                child = f", child {s.child_rss_kib / 1024:.0f} MiB" if getattr(s, "child_rss_kib", None) else ""
+                say(f"  {label}: {s.seconds:.2f}s, {s.rss_kib / 1024:.0f} MiB{child}")
+                samples[label].append(s)
+            shutil.rmtree(rep_dir)
+    finally:
+        pg.stop()
+    rows = []
+    for tool, label, kind, _ in ops:
+        r = summarize(label, tool, kind, samples[label], pg.size)
+        c = [s.child_rss_kib for s in samples[label] if getattr(s, "child_rss_kib", None)]
+        r["child_rss_mib"] = max(c) / 1024 if c else None
+        rows.append(r)
+    by = {r["op"]: r for r in rows}
+    for r in rows:
+        ref = by[PG_REF_DUMP] if r["kind"] == "backup" else by[PG_REF_RESTORE]
+        r["ratio"] = ref["median_s"] / r["median_s"]
+    return {"rows": rows, "targets": pg_targets(rows), "scale": a.pg_scale, "db_bytes": pg.size,
+            "server_version": pg.version, "fingerprint": pg.expected, "smoke": a.smoke}
+
+
+def pg_targets(rows):
+    by = {r["op"]: r for r in rows}
+    res = []
+    dump = by[PG_REF_DUMP]
+    for label in (PG_CAIRN_BACKUP, PG_CAIRN_BACKUP_ENC):
+        r = dump["median_s"] / by[label]["median_s"]
+        res.append({"target": f"{label} >= 1.5x faster than {PG_REF_DUMP}",
+                    "status": "PASS" if r >= 1.5 else "FAIL", "detail": f"{r:.2f}x"})
+    for label in (PG_CAIRN_BACKUP, PG_CAIRN_BACKUP_ENC):
+        r = by[label]["output_bytes"] / dump["output_bytes"]
+        res.append({"target": f"{label} archive <= 1.1x the -Fc dump", "status": "PASS" if r <= 1.1 else "FAIL",
+                    "detail": f"{human(by[label]['output_bytes'])} vs {human(dump['output_bytes'])} = {r:.2f}x"})
+    for label, ref in ((PG_CAIRN_RESTORE, PG_REF_RESTORE), (PG_CAIRN_RESTORE_ENC, PG_REF_RESTORE),
+                       (PG_CAIRN_RESTORE_J2, PG_REF_RESTORE_J2)):
+        r = by[ref]["median_s"] / by[label]["median_s"]
+        res.append({"target": f"{label} no slower than {ref}", "status": "PASS" if r >= 1.0 else "FAIL",
+                    "detail": f"{by[label]['median_s']:.2f}s vs {by[ref]['median_s']:.2f}s ({r:.2f}x)"})
+    mine = [r for r in rows if r["tool"] == "cairn"]
+    m = max(mine, key=lambda r: r["peak_rss_mib"])
+    res.append({"target": "peak RSS of cairn with PostgreSQL (reported, no target)", "status": "INFO",
+                "detail": f"{m['peak_rss_mib']:.1f} MiB max ({m['op']}; max of cairn and its child)"})
+    return res
+
+
+def print_pg(pg):
+    rows = pg["rows"]
+    head = ["tool", "op", "median s", "runs s", "MB/s", "output", "% of db", "peak RSS MiB", "child RSS MiB", "ratio"]
+    body = [[r["tool"], r["op"], f"{r['median_s']:.3f}", " / ".join(f"{x:.1f}" for x in r["samples_s"]),
+             f"{r['mb_per_s']:.1f}", human(r["output_bytes"]), fmt(r["output_pct_of_db"], ".1f"),
+             f"{r['peak_rss_mib']:.1f}", fmt(r["child_rss_mib"], ".1f"), f"{r['ratio']:.2f}"] for r in rows]
+    w = [max(len(h), *(len(x[i]) for x in body)) for i, h in enumerate(head)]
+    print(f"\nPostgreSQL {pg['server_version']} on 127.0.0.1 (default settings), pgbench -i -s {pg['scale']}: "
+          f"database {human(pg['db_bytes'])} (pg_database_size). MB/s = database size / time; output = the dump "
+          "or archive for a backup, the restored database's size for a restore; peak RSS = GNU time's %M of the "
+          "command (for cairn: max of cairn and its pg_dump/pg_restore child); child RSS = that child's own; "
+          f"ratio = the reference's time / this op's ('{PG_REF_DUMP}' for backups, '{PG_REF_RESTORE}' for "
+          "restores): > 1 means faster than it.")
+    print("| " + " | ".join(h.ljust(x) for h, x in zip(head, w)) + " |")
+    print("|" + "|".join("-" * (x + 2) for x in w) + "|")
+    for x in body:
+        print("| " + " | ".join(c.ljust(k) if i < 2 else c.rjust(k) for i, (c, k) in enumerate(zip(x, w))) + " |")
+    print(f"\nTargets (issue 12){' — smoke run: informative only at this size' if pg.get('smoke') else ''}:")
+    for x in pg["targets"]:
+        print(f"  {x['status']:4}  {x['target']}: {x['detail']}")
+
+
+def check_pg_well_formed(pg, n_ops):
+    bad = []
+    if len(pg["rows"]) != n_ops:
+        bad.append(f"{len(pg['rows'])} rows, expected {n_ops}")
+    for r in pg["rows"]:
+        for k in ("median_s", "mb_per_s", "output_bytes", "peak_rss_mib", "ratio"):
+            v = r.get(k)
+            if not isinstance(v, (int, float)) or v != v or v <= 0:
+                bad.append(f"{r['op']}: {k} is {v!r}")
+        if r["tool"] == "cairn" and not r.get("child_rss_mib"):
+            bad.append(f"{r['op']}: no child RSS (the CAIRN_PG_BIN wrappers did not run)")
+    if bad:
+        raise BenchError("the PostgreSQL table is not well-formed:\n  " + "\n  ".join(bad))
+
+
 def machine_info():
     cpu = ""
     try:
@@ -663,6 +1003,8 @@ def versions(b, skip):
         cmd("restic", ["restic", "version"])
     if "litestream" not in skip:
         cmd("litestream", [b.litestream, "version"])
+    if "pg" not in skip and pg_bin_dir():
+        cmd("pg_dump", [pg_bin_dir() / "pg_dump", "--version"])
     return v
 
 
@@ -704,6 +1046,33 @@ def report_s3_only(a, b, db, size, s3_rows, skip):
     return 0
 
 
+def run_pg_only(a):
+    """`--only pg`: the PostgreSQL part alone (no SQLite database, no S3)."""
+    if not os.access(TIME, os.X_OK):
+        raise BenchError(f"{TIME} (GNU time, Debian package `time`) is missing: bench/run.sh installs it")
+    work = fresh(a.cache_dir / f"work-{os.getpid()}")
+    (work / "tmp").mkdir()
+    key = work / "cairn.key"
+    run_steps([([a.cairn, "keygen", "-o", key], None, None)])
+    pg = measure_pg(a, key, work)
+    print_pg(pg)
+    v = {}
+    for name, argv in (("cairn", [a.cairn, "--version"]), ("pg_dump", [pg_bin_dir() / "pg_dump", "--version"])):
+        v[name] = subprocess.run(argv, capture_output=True, text=True).stdout.strip()
+    out = a.json or (a.cache_dir / f"last-pg-s{a.pg_scale}.json")
+    out.write_text(json.dumps({
+        "generated_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "machine": machine_info(), "versions": v,
+        "settings": {"reps": a.reps, "only": "pg", "pg_scale": a.pg_scale, "smoke": a.smoke},
+        "pg": pg}, indent=2, default=str))
+    say(f"wrote {out}")
+    if a.smoke:
+        check_pg_well_formed(pg, PG_OPS)
+        say("smoke: the PostgreSQL table is well-formed")
+    shutil.rmtree(work)
+    return 0
+
+
 # --------------------------------------------------------------------------
 
 
@@ -714,13 +1083,18 @@ def main():
     ap.add_argument("--reps", type=int, default=3, help="timed repetitions, median reported (default 3)")
     ap.add_argument("--warmup", type=int, default=1, help="untimed rounds first (default 1)")
     ap.add_argument("--levels", default="1,3,6,9", help="cairn levels for the curve (default 1,3,6,9; '' for none)")
-    ap.add_argument("--skip", default="", help="peers to leave out: gzip,pigz,restic,litestream,s3")
+    ap.add_argument("--skip", default="", help="peers/parts to leave out: gzip,pigz,restic,litestream,s3,pg")
     ap.add_argument("--cache-dir", type=Path,
                     default=Path(os.environ.get("CAIRN_BENCH_CACHE", Path.home() / ".cache" / "cairn-bench")))
     ap.add_argument("--json", type=Path, help="write the whole result here (default CACHE/last-SIZE.json)")
-    ap.add_argument("--only", choices=["s3"], help="run only this part (s3: to and from S3, cairn and restic)")
+    ap.add_argument("--only", choices=["s3", "pg"],
+                    help="run only this part (s3: to and from S3, cairn and restic; "
+                         "pg: PostgreSQL, cairn and pg_dump/pg_restore)")
+    ap.add_argument("--pg-scale", type=int, default=100,
+                    help="pgbench scale of the PostgreSQL part (default 100, about 1.5 GB; --smoke: 1)")
     ap.add_argument("--smoke", action="store_true",
-                    help="a quick run for CI: 20M, 1 rep, no warm-up, levels 1,9; checks the table is well-formed")
+                    help="a quick run for CI: 20M, 1 rep, no warm-up, levels 1,9, pgbench scale 1; "
+                         "checks the tables are well-formed")
     a = ap.parse_args()
     explicit = {x.split("=")[0] for x in sys.argv[1:] if x.startswith("--")}
     if a.smoke:
@@ -732,9 +1106,11 @@ def main():
             a.warmup = 0
         if "--levels" not in explicit:
             a.levels = "1,9"
+        if "--pg-scale" not in explicit:
+            a.pg_scale = 1
     a.only_s3 = a.only == "s3"
     skip = {s.strip() for s in a.skip.split(",") if s.strip()}
-    unknown = skip - {"gzip", "pigz", "restic", "litestream", "s3"}
+    unknown = skip - {"gzip", "pigz", "restic", "litestream", "s3", "pg"}
     if unknown:
         ap.error(f"--skip: unknown peer(s) {', '.join(sorted(unknown))}")
     levels = [int(x) for x in a.levels.split(",") if x.strip()]
@@ -749,6 +1125,8 @@ def main():
 
 def run(a, skip, levels):
     a.cache_dir.mkdir(parents=True, exist_ok=True)
+    if a.only == "pg":
+        return run_pg_only(a)
     db = a.cache_dir / f"bench-v{GEN_VERSION}-{a.size}.db"
     if db.exists():
         say(f"using the cached database {db} ({human(db.stat().st_size)})")
@@ -867,6 +1245,10 @@ def measure(a, b, db, work, skip, levels):
     print(f"\nTargets (issues 4 and 10){' — smoke run: informative only at this size' if a.smoke else ''}:")
     for x in tg:
         print(f"  {x['status']:4}  {x['target']}: {x['detail']}")
+    pg = None
+    if "pg" not in skip:
+        pg = measure_pg(a, b.key, work)
+        print_pg(pg)
 
     result = {
         "generated_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -883,14 +1265,18 @@ def measure(a, b, db, work, skip, levels):
         "sqlite_backup_alone_median_s": statistics.median(snap) if snap else None,
         "levels": lv_rows,
         "targets": tg,
+        "pg": pg,
     }
     out = a.json or (a.cache_dir / f"last-{size}.json")
-    out.write_text(json.dumps(result, indent=2))
+    out.write_text(json.dumps(result, indent=2, default=str))
     say(f"wrote {out}")
     if a.smoke:
         expected = [op[1] for op in ops]
         check_well_formed(rows + s3_rows, lv_rows, expected)
-        say(f"smoke: {len(rows)} rows and {len(lv_rows)} levels, all well-formed")
+        if pg:
+            check_pg_well_formed(pg, PG_OPS)
+        say(f"smoke: {len(rows)} rows and {len(lv_rows)} levels{', the PostgreSQL table' if pg else ''}, "
+            "all well-formed")
     shutil.rmtree(work)
     return 0
 

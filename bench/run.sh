@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
 # cairn's benchmark, one command from a clean clone (bench/README.md):
-#   bash bench/run.sh [--size 1G] [--reps 3] [--levels 1,3,6,9] [--skip litestream,...] [--json FILE]
-#   bash bench/run.sh --smoke      # 20 MiB, 1 rep: what .ci/test.sh runs
-# Builds cairn (release), installs the peers it compares against if they are
-# missing (saying so), then runs bench/bench.py.
+#   bash bench/run.sh [--size 1G] [--reps 3] [--levels 1,3,6,9] [--skip litestream,pg,...] [--json FILE]
+#   bash bench/run.sh --smoke      # 20 MiB, 1 rep, pgbench scale 1: what .ci/test.sh runs
+#   bash bench/run.sh --only pg    # PostgreSQL only: pgbench scale 100 (--pg-scale N)
+# Builds cairn (release; CAIRN_BIN=path uses that binary instead), installs the
+# peers it compares against if they are missing (saying so), then runs
+# bench/bench.py. PostgreSQL (server, pg_dump, pg_restore, pgbench) comes
+# from .ci/setup.sh.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source .ci/setup.sh
@@ -20,7 +23,7 @@ for a in "$@"; do
     [ "$prev" = "--only" ] && only="$a"
     prev="$a"
 done
-skipped() { [[ ",$skip," == *",$1,"* ]] || { [ "$only" = s3 ] && [ "$1" != restic ]; }; }
+skipped() { [[ ",$skip," == *",$1,"* ]] || { [ "$only" = s3 ] && [ "$1" != restic ]; } || [ "$only" = pg ]; }
 
 if [ "$(id -u)" = 0 ]; then SUDO=(); else SUDO=(sudo); fi
 need_apt=()
@@ -48,6 +51,11 @@ if ! skipped litestream; then
     fi
 fi
 
-say "bench: building cairn (release)"
-cargo build --release --locked -p cairn
-exec python3 bench/bench.py --cairn "$CARGO_TARGET_DIR/release/cairn" "$@"
+if [ -n "${CAIRN_BIN:-}" ]; then
+    say "bench: using the cairn binary $CAIRN_BIN (CAIRN_BIN; not building)"
+else
+    say "bench: building cairn (release)"
+    cargo build --release --locked -p cairn
+    CAIRN_BIN="$CARGO_TARGET_DIR/release/cairn"
+fi
+exec python3 bench/bench.py --cairn "$CAIRN_BIN" "$@"
