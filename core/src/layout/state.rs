@@ -325,7 +325,7 @@ pub(crate) mod tests {
             at_ms: at,
         };
         let mut s = State::default();
-        let mut c = commit(1, 10, &[a.clone()], &[]);
+        let mut c = commit(1, 10, std::slice::from_ref(&a), &[]);
         // In the same commit as the add (applied after it), and one for an
         // id that does not exist, which is dropped.
         c.checked.push(check("a", &a.stored_sha256, 10));
@@ -353,7 +353,8 @@ pub(crate) mod tests {
         s.apply(&commit(3, 30, &[], &[&a])).unwrap();
         assert!(s.checked.is_empty());
         // Re-added under the same id later: unchecked until checked again.
-        s.apply(&commit(4, 40, &[a.clone()], &[])).unwrap();
+        s.apply(&commit(4, 40, std::slice::from_ref(&a), &[]))
+            .unwrap();
         assert!(s.integrity_checked(&a).is_none());
     }
 

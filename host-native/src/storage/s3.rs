@@ -501,26 +501,42 @@ impl Inner {
                     .await
                     .map_err(|e| {
                         if is_precondition_failed(&e) {
-                            io::Error::new(
-                                io::ErrorKind::InvalidData,
-                                format!(
-                                    "{} was replaced while it was being read; run the command again",
-                                    self.describe(key)
-                                ),
-                            )
+                            self.replaced(key)
                         } else {
                             self.fail("GET", key, e)
                         }
                     })?;
+                // Servers that ignore If-Match still say which version they sent.
+                if let (Some(want), Some(got)) = (etag, out.e_tag())
+                    && want != got
+                {
+                    return Err(self.replaced(key));
+                }
                 self.collect(key, out.body, start, len).await
             },
         )
         .await
     }
 
+    fn replaced(&self, key: &str) -> io::Error {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!(
+                "{} was replaced while it was being read; run the command again",
+                self.describe(key)
+            ),
+        )
+    }
+
     /// A ranged response body, which must hold exactly `len` bytes: a short
     /// one (a cut connection, a server that ignored the range) is retried.
-    async fn collect(&self, key: &str, mut body: SdkStream, start: u64, len: u64) -> io::Result<Bytes> {
+    async fn collect(
+        &self,
+        key: &str,
+        mut body: SdkStream,
+        start: u64,
+        len: u64,
+    ) -> io::Result<Bytes> {
         let mut buf = BytesMut::with_capacity(len as usize);
         while let Some(piece) = body.next().await {
             buf.extend_from_slice(&piece.map_err(|e| self.body_error(key, e))?);
@@ -1322,9 +1338,9 @@ impl Backend for S3 {
                 let Some(task) = pending.pop_front() else {
                     break;
                 };
-                let piece = task
-                    .await
-                    .unwrap_or_else(|e| Err(io::Error::other(format!("a download task failed: {e}"))));
+                let piece = task.await.unwrap_or_else(|e| {
+                    Err(io::Error::other(format!("a download task failed: {e}")))
+                });
                 let failed = piece.is_err();
                 if tx.send(piece).await.is_err() || failed {
                     for t in pending {

@@ -358,7 +358,11 @@ fn a_verified_backup_restores_without_checking_twice() {
     s.run(&["verify"]).ok();
     assert_eq!(logs(), before + 1);
     s.run(&["verify"]).ok();
-    assert_eq!(logs(), before + 1, "an existing record is not written again");
+    assert_eq!(
+        logs(),
+        before + 1,
+        "an existing record is not written again"
+    );
 
     let r = restore("b.db", &[]);
     assert_eq!(r["integrity_check"], "recorded", "{r}");

@@ -632,11 +632,14 @@ async fn replaced_while_read(server: &S3Server) {
         match s.next().await {
             Some(Ok(piece)) => got += piece.len(),
             Some(Err(e)) => break e,
-            None => panic!("{kind}: read {got} bytes of an object replaced mid-read without an error"),
+            None => {
+                panic!("{kind}: read {got} bytes of an object replaced mid-read without an error")
+            }
         }
     };
     assert!(
-        e.to_string().contains("was replaced while it was being read"),
+        e.to_string()
+            .contains("was replaced while it was being read"),
         "{kind}: {e}"
     );
     assert!(got < first.len(), "{kind}");
