@@ -85,7 +85,8 @@ fn a_duplicated_envelope_field_is_invalid_json() {
         let err = Catalog::parse(dup.as_bytes()).unwrap_err();
         assert_eq!(err.code(), ErrorCode::Catalog);
         assert!(
-            err.to_string().contains("not valid catalog JSON (duplicate field"),
+            err.to_string()
+                .contains("not valid catalog JSON (duplicate field"),
             "{err}"
         );
     }
@@ -101,8 +102,5 @@ fn a_duplicated_envelope_field_is_invalid_json() {
         .into_bytes(),
     )
     .unwrap_err();
-    assert!(
-        marker.to_string().contains("duplicate field"),
-        "{marker}"
-    );
+    assert!(marker.to_string().contains("duplicate field"), "{marker}");
 }

@@ -4,8 +4,8 @@ use std::io::{Read, Write};
 use std::sync::{Arc, Mutex};
 
 use anyhow::{Result, anyhow};
-use cairn_core::{KeyMaterial, Metadata};
 use cairn_core::catalog::Entry;
+use cairn_core::{KeyMaterial, Metadata};
 use sha2::{Digest, Sha256};
 
 use crate::engine::{EngineKind, SandboxDecoder, sha256_array};
@@ -139,8 +139,16 @@ fn header_mismatch(h: &Metadata, e: &Entry) -> Option<(&'static str, String, Str
             h.created_at_ms.to_string(),
             e.created_at_ms.to_string(),
         ),
-        ("page_size", h.page_size.to_string(), e.page_size.to_string()),
-        ("compression", h.compression.describe(), e.compression.clone()),
+        (
+            "page_size",
+            h.page_size.to_string(),
+            e.page_size.to_string(),
+        ),
+        (
+            "compression",
+            h.compression.describe(),
+            e.compression.clone(),
+        ),
         (
             "encryption",
             h.encryption.describe().to_string(),

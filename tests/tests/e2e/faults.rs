@@ -82,7 +82,12 @@ fn a_locked_database_is_announced_waited_for_then_refused() {
             r.stderr
         );
         let last = lines.last().unwrap();
-        for n in ["error: ", "app.db", "locked by another process", "--lock-timeout"] {
+        for n in [
+            "error: ",
+            "app.db",
+            "locked by another process",
+            "--lock-timeout",
+        ] {
             assert!(last.contains(n), "wal {wal}: {n:?} in {}", r.stderr);
         }
         assert!(!r.stderr.contains("panicked"));
@@ -221,7 +226,11 @@ fn a_full_local_destination_publishes_nothing_and_keeps_the_last_backup() {
         1 << 20,
     );
     r.fails_with(&["small/d/snapshots/", "no space left", "free space"]);
-    assert_eq!(s.files("small/d"), before, "something was published or left");
+    assert_eq!(
+        s.files("small/d"),
+        before,
+        "something was published or left"
+    );
     assert!(temps(&s, "small").is_empty());
     assert_eq!(s.catalog("small/d")["entries"].as_array().unwrap().len(), 1);
     s.run(&["restore", "small/d", "-o", "r.db", "-q"]).ok();

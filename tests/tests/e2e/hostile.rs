@@ -155,8 +155,11 @@ fn a_symbolic_link_inside_the_destination_is_not_followed() {
     std::fs::rename(s.path("d/snapshots"), s.path("outside/snapshots")).unwrap();
     std::os::unix::fs::symlink("../outside/snapshots", s.path("d/snapshots")).unwrap();
     let before = outside(&s);
-    s.run(&["restore", "d", "-o", "r.db"])
-        .fails_with(&["d/snapshots", "symbolic link", "does not follow"]);
+    s.run(&["restore", "d", "-o", "r.db"]).fails_with(&[
+        "d/snapshots",
+        "symbolic link",
+        "does not follow",
+    ]);
     assert!(!s.path("r.db").exists());
     let r = s.run(&["backup", "app.db", "d"]);
     assert_ne!(r.code, 0, "{}", r.stdout);
@@ -193,8 +196,11 @@ fn a_huge_or_deeply_nested_catalog_or_commit_is_refused() {
     // Nested 100,000 deep.
     let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
     std::fs::write(s.path("d/catalog.json"), &deep).unwrap();
-    s.run(&["restore", "d", "-o", "r.db"])
-        .fails_with(&["d/catalog.json", "not valid catalog JSON", "recursion limit"]);
+    s.run(&["restore", "d", "-o", "r.db"]).fails_with(&[
+        "d/catalog.json",
+        "not valid catalog JSON",
+        "recursion limit",
+    ]);
     // The same inside the body, with a matching digest.
     let body = format!("{{\"generation\":1,\"entries\":{deep}}}");
     let digest = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(body.as_bytes()));

@@ -142,17 +142,36 @@ fn a_passphrase_file_line_ends_at_lf_or_cr_lf() {
         .map(Run::from)
         .unwrap()
         .ok();
-    for (i, text) in ["correct horse\n", "correct horse\r\n", "correct horse\r\nnext"]
-        .into_iter()
-        .enumerate()
+    for (i, text) in [
+        "correct horse\n",
+        "correct horse\r\n",
+        "correct horse\r\nnext",
+    ]
+    .into_iter()
+    .enumerate()
     {
         std::fs::write(s.path("pw.txt"), text).unwrap();
         let out = format!("r{i}.db");
-        s.run(&["restore", "d", "-o", &out, "--passphrase-file", "pw.txt", "-q"])
-            .ok();
+        s.run(&[
+            "restore",
+            "d",
+            "-o",
+            &out,
+            "--passphrase-file",
+            "pw.txt",
+            "-q",
+        ])
+        .ok();
     }
     // A lone CR is not a line ending: it stays in the passphrase.
     std::fs::write(s.path("pw.txt"), "correct horse\r").unwrap();
-    s.run(&["restore", "d", "-o", "bad.db", "--passphrase-file", "pw.txt"])
-        .fails_with(&["wrong key"]);
+    s.run(&[
+        "restore",
+        "d",
+        "-o",
+        "bad.db",
+        "--passphrase-file",
+        "pw.txt",
+    ])
+    .fails_with(&["wrong key"]);
 }

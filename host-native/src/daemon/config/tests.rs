@@ -98,7 +98,10 @@ fn a_good_config_reads_fully() {
     );
     assert!(app.verify.is_some());
     let pg = &c.databases[1];
-    assert_eq!(pg.lock_timeout, crate::sources::sqlite::DEFAULT_LOCK_TIMEOUT);
+    assert_eq!(
+        pg.lock_timeout,
+        crate::sources::sqlite::DEFAULT_LOCK_TIMEOUT
+    );
     assert!(matches!(&pg.source, Source::Postgres(p) if p.port == 5432 && p.database == "shop"));
     // Routes default to all, failure only.
     assert_eq!(pg.notify.len(), 2);
