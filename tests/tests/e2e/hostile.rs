@@ -181,6 +181,14 @@ fn a_symbolic_link_inside_the_destination_is_not_followed() {
     assert!(!s.path("r.db").exists());
 }
 
+/// An envelope of `format` around `body`, with its digest.
+fn envelope(format: &str, version: u32, body: &str) -> String {
+    let digest = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(body.as_bytes()));
+    format!(
+        "{{\"format\":\"{format}\",\"version\":{version},\"body_sha256\":\"{digest}\",\"body\":{body}}}\n"
+    )
+}
+
 #[test]
 fn a_huge_or_deeply_nested_catalog_or_commit_is_refused() {
     // Layout 1: a 65 MiB catalog.json (sparse: refused before it is read).
@@ -191,39 +199,48 @@ fn a_huge_or_deeply_nested_catalog_or_commit_is_refused() {
     drop(f);
     s.run(&["list", "d"])
         .fails_with(&["d/catalog.json", "over the 64 MiB"]);
-    s.run(&["backup", "app.db", "d"])
+    s.run(&["restore", "d", "-o", "r.db"])
         .fails_with(&["d/catalog.json", "over the 64 MiB"]);
-    // Nested 100,000 deep.
+    // Nested 100,000 deep: as the whole file, and in an entry's unknown
+    // field (kept as a JSON value: the parser's depth limit holds).
     let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
     std::fs::write(s.path("d/catalog.json"), &deep).unwrap();
-    s.run(&["restore", "d", "-o", "r.db"]).fails_with(&[
-        "d/catalog.json",
-        "not valid catalog JSON",
-        "recursion limit",
-    ]);
-    // The same inside the body, with a matching digest.
-    let body = format!("{{\"generation\":1,\"entries\":{deep}}}");
-    let digest = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(body.as_bytes()));
+    s.run(&["restore", "d", "-o", "r.db"])
+        .fails_with(&["d/catalog.json", "not valid catalog JSON"]);
+    let mut e = serde_json::to_value(&entries(&s)[0]).unwrap();
+    e["junk"] = "DEEP".into();
+    let body = format!("{{\"generation\":1,\"entries\":[{e}]}}").replace("\"DEEP\"", &deep);
     std::fs::write(
         s.path("d/catalog.json"),
-        format!(
-            "{{\"format\":\"cairn-catalog\",\"version\":1,\"body_sha256\":\"{digest}\",\"body\":{body}}}\n"
-        ),
+        envelope("cairn-catalog", 1, &body),
     )
     .unwrap();
-    s.run(&["list", "d"])
-        .fails_with(&["d/catalog.json", "recursion limit"]);
+    s.run(&["list", "d"]).fails_with(&[
+        "d/catalog.json",
+        "body does not decode",
+        "recursion limit",
+    ]);
     assert!(!s.path("r.db").exists());
 
-    // Layout 2: a huge commit, then a deeply nested one.
+    // Layout 2: a huge commit, a deeply nested one, and one nested inside
+    // an added entry (digest valid).
     let s = setup();
-    let f = std::fs::File::create(s.path("d/log/00000000000000000002.json")).unwrap();
+    let key = "d/log/00000000000000000002.json";
+    let f = std::fs::File::create(s.path(key)).unwrap();
     f.set_len(65 << 20).unwrap();
     drop(f);
-    s.run(&["list", "d"])
-        .fails_with(&["log/00000000000000000002.json", "over the 64 MiB"]);
-    std::fs::write(s.path("d/log/00000000000000000002.json"), &deep).unwrap();
+    s.run(&["list", "d"]).fails_with(&[key, "over the 64 MiB"]);
+    std::fs::write(s.path(key), &deep).unwrap();
     s.run(&["restore", "d", "-o", "r.db"])
-        .fails_with(&["log/00000000000000000002.json", "recursion limit"]);
+        .fails_with(&[key, "is damaged", "cairn repair"]);
+    let mut c = Commit::parse(&s.read("d/log/00000000000000000001.json"), 1).unwrap();
+    c.seq = 2;
+    c.add[0]["junk"] = "DEEP".into();
+    let body = serde_json::to_string(&c)
+        .unwrap()
+        .replace("\"DEEP\"", &deep);
+    std::fs::write(s.path(key), envelope("cairn-commit", 2, &body)).unwrap();
+    s.run(&["list", "d"])
+        .fails_with(&[key, "is damaged", "recursion limit"]);
     assert!(!s.path("r.db").exists());
 }
