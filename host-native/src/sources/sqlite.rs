@@ -224,6 +224,8 @@ fn wait_readable(db: &Path, timeout: Duration) -> Result<()> {
         OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )
     .with_context(|| format!("cannot open database {}", db.display()))?;
+    // rusqlite's default busy handler would wait 5 s silently: poll instead.
+    conn.busy_timeout(Duration::ZERO)?;
     let start = Instant::now();
     let mut said = false;
     loop {
