@@ -28,6 +28,8 @@ pub struct BackupOptions {
     pub progress: bool,
     /// `--prune`: apply this policy to each destination after a success.
     pub prune: Option<cairn_core::retention::Policy>,
+    /// How long to wait for another process's lock on a SQLite database.
+    pub lock_timeout: std::time::Duration,
 }
 
 /// Inputs that are random or time-dependent, passed explicitly so that a
@@ -66,7 +68,11 @@ pub struct BackupReport {
     pub database: String,
     pub plain_size: u64,
     pub stored_size: u64,
-    pub plain_sha256: String,
+    /// The database's SHA-256, for unencrypted backups only: like the
+    /// catalog (docs/FORMAT.md §11), a report that lands in logs must not
+    /// let anyone confirm a guess of an encrypted database's contents.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub plain_sha256: Option<String>,
     pub stored_sha256: String,
     pub compression: String,
     pub encryption: String,
@@ -174,7 +180,7 @@ pub fn run_seeded(dests: &[Dest], opts: &BackupOptions, seeds: Seeds) -> Result<
         return Err(all_failed(&results));
     }
 
-    let mut snap = opts.source.open(&opts.temp_dir)?;
+    let mut snap = opts.source.open(&opts.temp_dir, opts.lock_timeout)?;
     let params = WriterParams {
         archive_id: seeds.archive_id,
         source: opts.source.kind(),
@@ -328,7 +334,7 @@ pub fn run_seeded(dests: &[Dest], opts: &BackupOptions, seeds: Seeds) -> Result<
         database: opts.source.describe(),
         plain_size: entry.plain_size,
         stored_size: entry.stored_size,
-        plain_sha256: hex::encode(encoded.trailer.sha256),
+        plain_sha256: entry.plain_sha256.clone(),
         stored_sha256: entry.stored_sha256,
         compression: entry.compression,
         encryption: entry.encryption,

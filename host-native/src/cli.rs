@@ -250,6 +250,10 @@ pub struct BackupArgs {
     /// Directory for the temporary snapshot copy [default: the system temp dir].
     #[arg(long, value_name = "DIR")]
     pub temp_dir: Option<PathBuf>,
+    /// How long to wait for another process's lock on the SQLite database
+    /// (e.g. 10s, 2m) before giving up.
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub lock_timeout: std::time::Duration,
     #[command(flatten)]
     pub out: OutputArgs,
 }
@@ -648,6 +652,7 @@ fn cmd_backup(a: BackupArgs, rt: &tokio::runtime::Runtime) -> Result<()> {
         temp_dir: temp_dir(&a.temp_dir),
         progress: a.out.progress(),
         prune: None,
+        lock_timeout: a.lock_timeout,
     };
     let policy = a.retention.policy();
     let opts = match (a.prune, policy.is_empty()) {

@@ -178,6 +178,8 @@ pub struct Decoded {
     pub plain_sha256: [u8; 32],
     pub stored_len: u64,
     pub stored_sha256: [u8; 32],
+    /// The archive's header, checked against the catalog entry (§7.5).
+    pub header: Option<cairn_core::Metadata>,
 }
 
 enum Item {
@@ -319,5 +321,6 @@ pub fn decode_native(
         plain_sha256: tally.sha256(),
         stored_len,
         stored_sha256,
+        header: Some(meta),
     })
 }

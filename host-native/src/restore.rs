@@ -4,8 +4,9 @@
 //! instead ([`run_to_postgres`], sources/postgres/restore.rs).
 
 use std::fs::File;
-use std::io::BufWriter;
+use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use anyhow::{Context, Result, anyhow, bail};
@@ -121,14 +122,29 @@ pub fn run(storage: &Dest, opts: &RestoreOptions) -> Result<RestoreReport> {
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| "restore".into());
+    // What restores to this target killed before their rename left behind.
+    crate::storage::sweep_dead_temps_of(&dir, &name);
+    // Named like the stores' temps (`.<name>.<host>.<pid>.<random>.tmp`), so
+    // that the next restore can tell a dead process's leftover from a live one.
     let tmp = tempfile::Builder::new()
-        .prefix(&format!(".{name}."))
-        .suffix(".cairn-restore")
+        .prefix(&format!(
+            ".{name}.{}.{}.",
+            crate::storage::hostname(),
+            std::process::id()
+        ))
+        .suffix(".tmp")
         .tempfile_in(&dir)
-        .with_context(|| format!("cannot create a temporary file in {}", dir.display()))?;
+        .map_err(|e| target_error(&e, out, &dir))?;
 
     let progress = Progress::bytes(opts.progress, entry.plain_size, "restore");
-    let writer = BufWriter::with_capacity(1 << 20, tmp.as_file());
+    let failed_write = WriteFailure::default();
+    let writer = BufWriter::with_capacity(
+        1 << 20,
+        Tracked {
+            file: tmp.as_file(),
+            failure: failed_write.clone(),
+        },
+    );
     let decoded = decode(
         opts.engine,
         input,
@@ -137,12 +153,16 @@ pub fn run(storage: &Dest, opts: &RestoreOptions) -> Result<RestoreReport> {
         &progress,
         opts.limits,
     )
-    .map_err(|e| archive_error(e, &object, &dest))?;
+    .map_err(|e| match failed_write.take() {
+        // The target's disk failed, not the archive.
+        Some(w) => target_error(&w, out, &dir),
+        None => archive_error(e, &object, &dest),
+    })?;
     progress.finish();
     check_against_catalog(&decoded, &entry, &object)?;
     tmp.as_file()
         .sync_all()
-        .with_context(|| format!("cannot write {}", tmp.path().display()))?;
+        .map_err(|e| target_error(&e, out, &dir))?;
     // What the file is decides the check: a SQLite database must pass
     // integrity_check; a pg_dump file or SQL text is written as it is (its
     // sums were checked), for pg_restore or psql.
@@ -209,6 +229,72 @@ pub fn run(storage: &Dest, opts: &RestoreOptions) -> Result<RestoreReport> {
         postgres: None,
         seconds: started.elapsed().as_secs_f64(),
     })
+}
+
+/// The first error writing the restore target, kept so that a failed
+/// decode blames the target's disk rather than the archive.
+#[derive(Clone, Default)]
+struct WriteFailure(Arc<Mutex<Option<std::io::Error>>>);
+
+impl WriteFailure {
+    fn take(&self) -> Option<std::io::Error> {
+        self.0.lock().ok()?.take()
+    }
+}
+
+struct Tracked<'a> {
+    file: &'a File,
+    failure: WriteFailure,
+}
+
+impl Tracked<'_> {
+    fn keep(&self, e: std::io::Error) -> std::io::Error {
+        if let Ok(mut f) = self.failure.0.lock()
+            && f.is_none()
+        {
+            *f = Some(std::io::Error::new(e.kind(), e.to_string()));
+            if let Some(code) = e.raw_os_error() {
+                *f = Some(std::io::Error::from_raw_os_error(code));
+            }
+        }
+        e
+    }
+}
+
+impl Write for Tracked<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let mut f = self.file;
+        f.write(buf).map_err(|e| self.keep(e))
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        let mut f = self.file;
+        f.flush().map_err(|e| self.keep(e))
+    }
+}
+
+/// Writing the restore target failed: name the target, and say so plainly
+/// when its disk is full. The temp file is removed when it is dropped.
+fn target_error(e: &std::io::Error, out: &Path, dir: &Path) -> anyhow::Error {
+    let full = matches!(
+        e.raw_os_error(),
+        Some(libc::ENOSPC) | Some(libc::EDQUOT) | Some(libc::EFBIG)
+    ) || e.kind() == std::io::ErrorKind::StorageFull;
+    if full {
+        anyhow!(
+            "cannot write the restored database {}: the disk holding {} is full ({e}); free space there or restore elsewhere with -o; nothing was written to {}",
+            out.display(),
+            dir.display(),
+            out.display()
+        )
+    } else {
+        anyhow!(
+            "cannot write the restored database {} in {} ({e}); nothing was written to {}",
+            out.display(),
+            dir.display(),
+            out.display()
+        )
+    }
 }
 
 fn sniff_file(p: &Path) -> Result<cairn_core::Kind> {

@@ -226,6 +226,7 @@ pub(crate) fn check_sandboxed(
             let input = storage
                 .reader(&entry.object)
                 .map_err(|e| open_error(e, &object, &dest))?;
+            let (input, prefix) = crate::decode::Capture::new(input);
             let report = verifier::run(verifier::Request {
                 source: verifier::Source::Stream(Box::new(input)),
                 key: &opts.key,
@@ -234,7 +235,7 @@ pub(crate) fn check_sandboxed(
                 portable: !opts.host_crypto,
             })
             .map_err(|e| anyhow!("{object}: {e:#}"))?;
-            judge(report, entry, &object, &dest)
+            judge(report, entry, &object, &dest, prefix.header())
         }
     }
 }
@@ -266,11 +267,28 @@ pub(crate) fn check_sandboxed_file(
         portable: !opts.host_crypto,
     })
     .map_err(|e| anyhow!("{object}: {e:#}"))?;
-    judge(report, entry, object, dest)
+    let head = read_prefix(path);
+    judge(report, entry, object, dest, crate::decode::header_of(&head))
+}
+
+/// The first bytes of a file (its archive header), or none if unreadable.
+fn read_prefix(path: &Path) -> Vec<u8> {
+    use std::io::Read;
+    let mut out = Vec::new();
+    if let Ok(f) = std::fs::File::open(path) {
+        let _ = f.take(8 << 10).read_to_end(&mut out);
+    }
+    out
 }
 
 /// The guest's report, checked against the catalog entry.
-fn judge(report: verifier::Report, entry: &Entry, object: &str, dest: &str) -> Result<Checked> {
+fn judge(
+    report: verifier::Report,
+    entry: &Entry,
+    object: &str,
+    dest: &str,
+    header: Option<cairn_core::Metadata>,
+) -> Result<Checked> {
     let stage = report.error.as_ref().map(|f| f.stage.clone());
     let report = report.into_result().map_err(|e| match stage.as_deref() {
         Some("sqlite") => unsound_error(e, object, dest),
@@ -290,6 +308,7 @@ fn judge(report: verifier::Report, entry: &Entry, object: &str, dest: &str) -> R
         plain_sha256: hash(report.plain_sha256, "the database digest")?,
         stored_len: report.stored_len.unwrap_or_default(),
         stored_sha256: hash(report.stored_sha256, "the archive digest")?,
+        header,
     };
     check_against_catalog(&decoded, entry, object)?;
     Ok(Checked {

@@ -94,6 +94,8 @@ pub struct Database {
     pub key: KeyArgs,
     pub retention: Option<Policy>,
     pub timeout: Duration,
+    /// How long a backup waits for another process's lock on a SQLite file.
+    pub lock_timeout: Duration,
     /// Names of the notification routes this database reports to.
     pub notify: Vec<String>,
     pub verify: Option<Drill>,
@@ -678,6 +680,9 @@ fn database(
     let key = key(&mut o, base, errs);
     let retention = o.table("retention", errs).and_then(|r| retention(r, errs));
     let timeout = o.duration("timeout", errs).unwrap_or(DEFAULT_TIMEOUT);
+    let lock_timeout = o
+        .duration("lock_timeout", errs)
+        .unwrap_or(crate::sources::sqlite::DEFAULT_LOCK_TIMEOUT);
     let notify = match o.strings("notify", errs) {
         None => routes.iter().map(|r| r.name.clone()).collect(),
         Some(l) => {
@@ -724,6 +729,7 @@ fn database(
         key,
         retention,
         timeout,
+        lock_timeout,
         notify,
         verify,
     })

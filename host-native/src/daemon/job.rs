@@ -135,6 +135,7 @@ pub fn run_backup(cfg: &Config, db: &Database, rt: &Runtime) -> Result<Outcome> 
         temp_dir: temp_dir(cfg),
         progress: false,
         prune: db.retention.clone(),
+        lock_timeout: db.lock_timeout,
     };
     // Outcomes in the config's order, whether a destination failed to open
     // or in the backup.

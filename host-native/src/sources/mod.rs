@@ -87,11 +87,12 @@ impl Source {
     }
 
     /// Starts reading: a SQLite snapshot (temp copy in `temp_dir` if
-    /// needed), or a running `pg_dump`.
-    pub fn open(&self, temp_dir: &Path) -> Result<Stream> {
+    /// needed; another process's lock waited for up to `lock_timeout`), or
+    /// a running `pg_dump`.
+    pub fn open(&self, temp_dir: &Path, lock_timeout: std::time::Duration) -> Result<Stream> {
         Ok(match self {
             Source::Sqlite(p) => {
-                let snap = sqlite::take(p, temp_dir)?;
+                let snap = sqlite::take(p, temp_dir, lock_timeout)?;
                 Stream {
                     size: Some(snap.size),
                     page_size: snap.page_size,

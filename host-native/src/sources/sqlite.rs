@@ -161,10 +161,9 @@ pub fn check_is_sqlite(db: &Path) -> Result<()> {
         .read(&mut head)
         .with_context(|| format!("cannot read database {}", db.display()))?;
     if n == 0 {
-        bail!(
-            "{} is empty, not a SQLite database: check the path",
-            db.display()
-        );
+        // SQLite itself (and Python's `sqlite3.connect`) makes a new
+        // database as an empty file: it is a valid database with no tables.
+        return Ok(());
     }
     let kind = cairn_core::sniff(&head[..n]);
     if kind != cairn_core::Kind::Sqlite {
@@ -183,26 +182,82 @@ fn is_disk_full(e: &rusqlite::Error) -> bool {
         || e.to_string().contains("disk I/O error")
 }
 
+/// How long a backup waits, by default, for another process's lock that
+/// keeps readers out of the database.
+pub const DEFAULT_LOCK_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Takes a snapshot of `db`: pinned when that is provably consistent, else
-/// a copy in a new temporary file in `temp_dir`.
-pub fn take(db: &Path, temp_dir: &Path) -> Result<Snapshot> {
+/// a copy in a new temporary file in `temp_dir`. Waits up to `lock_timeout`
+/// for another process's lock, saying so at once.
+pub fn take(db: &Path, temp_dir: &Path, lock_timeout: Duration) -> Result<Snapshot> {
     check_is_sqlite(db)?;
+    wait_readable(db, lock_timeout)?;
     // Any error on the pinned path (a read-only directory, a busy WAL)
     // only means the copy is used.
-    if let Ok(Some(snap)) = pin(db) {
+    if let Ok(Some(snap)) = pin(db, lock_timeout) {
         return Ok(snap);
     }
-    copy(db, temp_dir)
+    copy(db, temp_dir, lock_timeout)
+}
+
+fn is_busy(e: &rusqlite::Error) -> bool {
+    matches!(
+        e,
+        rusqlite::Error::SqliteFailure(f, _)
+            if matches!(f.code, rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+    )
+}
+
+fn locked_error(db: &Path, timeout: Duration) -> anyhow::Error {
+    anyhow!(
+        "database {} is locked by another process (a write lock: a write transaction, or locking_mode=EXCLUSIVE) for more than {}: retry when that writer is done, or raise --lock-timeout",
+        db.display(),
+        humantime::format_duration(timeout)
+    )
+}
+
+/// Polls until a read transaction can start, so that a wait is announced
+/// on stderr at once rather than spent silently inside SQLite's busy handler.
+fn wait_readable(db: &Path, timeout: Duration) -> Result<()> {
+    let conn = Connection::open_with_flags(
+        db,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .with_context(|| format!("cannot open database {}", db.display()))?;
+    // rusqlite's default busy handler would wait 5 s silently: poll instead.
+    conn.busy_timeout(Duration::ZERO)?;
+    let start = Instant::now();
+    let mut said = false;
+    loop {
+        match conn.query_row("SELECT count(*) FROM sqlite_schema", [], |_| Ok(())) {
+            Err(e) if is_busy(&e) => {
+                if start.elapsed() >= timeout {
+                    return Err(locked_error(db, timeout));
+                }
+                if !said {
+                    eprintln!(
+                        "waiting for the lock on {}: another process holds a write lock on it (waiting up to {}, --lock-timeout)",
+                        db.display(),
+                        humantime::format_duration(timeout)
+                    );
+                    said = true;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            // Other errors are reported by the snapshot itself.
+            _ => return Ok(()),
+        }
+    }
 }
 
 /// A read transaction on a WAL database whose file holds exactly its view,
 /// or None.
-fn pin(db: &Path) -> Result<Option<Snapshot>> {
+fn pin(db: &Path, lock_timeout: Duration) -> Result<Option<Snapshot>> {
     let reader = Connection::open_with_flags(
         db,
         OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )?;
-    reader.busy_timeout(Duration::from_secs(30))?;
+    reader.busy_timeout(lock_timeout)?;
     let mode: String = reader.query_row("PRAGMA journal_mode", [], |r| r.get(0))?;
     if !mode.eq_ignore_ascii_case("wal") {
         return Ok(None);
@@ -245,13 +300,13 @@ fn pin(db: &Path) -> Result<Option<Snapshot>> {
 }
 
 /// Copies `db` into a new temporary file in `temp_dir` (online backup API).
-fn copy(db: &Path, temp_dir: &Path) -> Result<Snapshot> {
+fn copy(db: &Path, temp_dir: &Path, lock_timeout: Duration) -> Result<Snapshot> {
     let src = Connection::open_with_flags(
         db,
         OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )
     .with_context(|| format!("cannot open database {}", db.display()))?;
-    src.busy_timeout(Duration::from_secs(30))?;
+    src.busy_timeout(lock_timeout)?;
     let file = tempfile::Builder::new()
         .prefix(".cairn-snapshot-")
         .suffix(".db")
@@ -265,7 +320,9 @@ fn copy(db: &Path, temp_dir: &Path) -> Result<Snapshot> {
     let mut dst = Connection::open(file.path())?;
     dst.execute_batch("PRAGMA journal_mode=OFF; PRAGMA synchronous=OFF;")?;
     let failed = |e: rusqlite::Error| {
-        if is_disk_full(&e) {
+        if is_busy(&e) {
+            locked_error(db, lock_timeout)
+        } else if is_disk_full(&e) {
             anyhow!(
                 "snapshot of {} failed: no space left for the temporary copy in {} ({e}); free space or set --temp-dir",
                 db.display(),
@@ -277,7 +334,7 @@ fn copy(db: &Path, temp_dir: &Path) -> Result<Snapshot> {
     };
     {
         let backup = Backup::new(&src, &mut dst).map_err(failed)?;
-        let deadline = Instant::now() + Duration::from_secs(300);
+        let deadline = Instant::now() + lock_timeout;
         loop {
             // -1: all pages in one step, under one read transaction: a consistent copy.
             match backup.step(-1).map_err(failed)? {
@@ -286,10 +343,7 @@ fn copy(db: &Path, temp_dir: &Path) -> Result<Snapshot> {
                 StepResult::Busy | StepResult::Locked if Instant::now() < deadline => {
                     std::thread::sleep(Duration::from_millis(50))
                 }
-                _ => bail!(
-                    "snapshot of {} failed: the database stayed locked for 5 minutes",
-                    db.display()
-                ),
+                _ => return Err(locked_error(db, lock_timeout)),
             }
         }
     }

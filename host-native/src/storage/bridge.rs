@@ -20,6 +20,10 @@ use super::{Backend, Body, ByteStream, Chunk, Cond, Location, ObjectInfo, Put, S
 const PIECE: usize = 1 << 20;
 const PIECES_IN_FLIGHT: usize = 4;
 
+/// The most cairn reads of one metadata object (catalog.json, a commit, a
+/// checkpoint, the marker): docs/FORMAT.md §7.3.
+pub const MAX_METADATA_BYTES: u64 = 64 << 20;
+
 /// A destination, opened: its backend and the runtime that drives it.
 #[derive(Clone)]
 pub struct Dest {
@@ -65,7 +69,28 @@ impl Dest {
     }
 
     pub fn get(&self, key: &str) -> io::Result<Option<Bytes>> {
-        self.rt.block_on(self.backend.get(key))
+        // Only metadata objects are read whole; a huge one is hostile or
+        // not cairn's, and a local one is refused before it is read.
+        let too_big = |n: u64| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "it is {n} bytes, over the {} MiB cairn reads of a catalog or log object: it is not one cairn wrote",
+                    MAX_METADATA_BYTES >> 20
+                ),
+            )
+        };
+        if let Some(p) = self.backend.local_path(key)
+            && let Ok(m) = std::fs::metadata(&p)
+            && m.len() > MAX_METADATA_BYTES
+        {
+            return Err(too_big(m.len()));
+        }
+        let got = self.rt.block_on(self.backend.get(key))?;
+        match got {
+            Some(b) if b.len() as u64 > MAX_METADATA_BYTES => Err(too_big(b.len() as u64)),
+            other => Ok(other),
+        }
     }
 
     pub fn put(&self, key: &str, data: Vec<u8>, cond: Cond) -> io::Result<Put> {

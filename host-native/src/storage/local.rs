@@ -30,6 +30,25 @@ impl LocalDir {
         if !key.is_empty() {
             cairn_core::catalog::validate_object_key(key)
                 .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
+            // A link inside the destination (`snapshots/` -> elsewhere) could
+            // lead a reader or a writer out of it: none is followed.
+            let mut p = self.root.clone();
+            for seg in key.split('/') {
+                p.push(seg);
+                match fs::symlink_metadata(&p) {
+                    Ok(m) if m.file_type().is_symlink() => {
+                        return Err(io::Error::new(
+                            io::ErrorKind::InvalidInput,
+                            format!(
+                                "{} is a symbolic link, which cairn does not follow inside a destination (it could lead out of it): replace it with the real directory or file",
+                                p.display()
+                            ),
+                        ));
+                    }
+                    Ok(_) => {}
+                    Err(_) => break,
+                }
+            }
         }
         Ok(self.root.join(key))
     }
@@ -114,6 +133,29 @@ fn dead_writer(name: &str) -> bool {
     // SAFETY: kill with signal 0 only checks whether the process exists.
     let rc = unsafe { libc::kill(pid, 0) };
     rc != 0 && io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH)
+}
+
+/// Removes the temp files of `final_name` in `dir` (`.<final_name>.<host>.<pid>.<random>.tmp`)
+/// whose writer, a process of this host, is gone: what a killed restore or
+/// pull leaves beside its target. Nothing else in `dir` is touched.
+pub fn sweep_dead_temps_of(dir: &Path, final_name: &str) -> usize {
+    let Ok(rd) = fs::read_dir(dir) else {
+        return 0;
+    };
+    let prefix = format!(".{final_name}.");
+    let mut removed = 0;
+    for e in rd.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.starts_with(&prefix)
+            && super::is_temp_name(&name)
+            && e.file_type().is_ok_and(|t| t.is_file())
+            && dead_writer(&name)
+            && fs::remove_file(e.path()).is_ok()
+        {
+            removed += 1;
+        }
+    }
+    removed
 }
 
 fn sweep_dir(dir: &Path, cutoff_ms: i64, removed: &mut usize) -> io::Result<()> {

@@ -28,7 +28,7 @@ use futures::stream::BoxStream;
 use tokio::sync::mpsc;
 
 pub use bridge::{Branch, Dest, DestReader, DestWriter, Tee};
-pub use local::LocalDir;
+pub use local::{LocalDir, sweep_dead_temps_of};
 pub use url::Location;
 
 /// How a put treats an object already under the key.

@@ -43,6 +43,7 @@ fn native_and_wasm_engines_write_byte_identical_archives() {
                 temp_dir: s.path(".tmp"),
                 progress: false,
                 prune: None,
+                lock_timeout: cairn::sources::sqlite::DEFAULT_LOCK_TIMEOUT,
             };
             std::fs::create_dir_all(s.path(".tmp")).unwrap();
             let rt = cairn::cli::runtime().unwrap();

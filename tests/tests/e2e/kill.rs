@@ -251,12 +251,11 @@ fn sigkill_at_random_moments_never_breaks_a_destination() {
         },
         Op {
             name: "restore (local)",
-            args: strings(&["restore", "d", "-o", "r.db", "-q", "--force"]),
+            args: strings(&["restore", "d", "-o", "rt/r.db", "-q", "--force"]),
             dests: vec![("d".into(), Some(p("d")))],
-            // Not yet checked: whether the next restore removes a killed
-            // one's temp beside the target (issue 15 §2).
-            temp_dirs: vec![p("d")],
-            target: Some("r.db"),
+            // The next restore removes a killed one's temp beside the target.
+            temp_dirs: vec![p("d"), p("rt")],
+            target: Some("rt/r.db"),
             before: None,
         },
         Op {
@@ -279,9 +278,8 @@ fn sigkill_at_random_moments_never_breaks_a_destination() {
             name: "pull (local to local)",
             args: strings(&["pull", "d", "pulled", "--all"]),
             dests: vec![("pulled".into(), Some(p("pulled")))],
-            // Not yet checked: whether the next pull removes a killed
-            // download's temp (issue 15 §2).
-            temp_dirs: vec![],
+            // The next pull removes a killed download's temp.
+            temp_dirs: vec![p("pulled")],
             target: None,
             before: Some(strings(&["backup", "app.db", "d", "-q"])),
         },

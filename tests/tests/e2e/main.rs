@@ -6,6 +6,8 @@
 mod bad_input;
 mod daemon;
 mod engines;
+mod faults;
+mod hostile;
 mod jco;
 mod kill;
 mod layout;
@@ -15,5 +17,7 @@ mod proxy_selftest;
 mod remote;
 mod sandbox;
 mod servers_selftest;
+mod spec;
 mod storage_s3;
 mod storage_sftp;
+mod sweep;

@@ -277,7 +277,8 @@ fn a_pinned_snapshot_stays_the_snapshot_while_writers_commit_and_checkpoint() {
         } else {
             2_000
         };
-        let snap = cairn::snapshot::take(&db, s.dir.path()).unwrap();
+        let snap = cairn::snapshot::take(&db, s.dir.path(), cairn::snapshot::DEFAULT_LOCK_TIMEOUT)
+            .unwrap();
         assert_eq!(snap.method(), "pinned");
         // Writers carry on and try every kind of checkpoint meanwhile.
         for round in 0..5 {

@@ -55,6 +55,7 @@ destinations = ["backups", "s3://bucket/app?endpoint=http://127.0.0.1:9000"]
 schedule = { cron = "0 3 * * *", timezone = "Europe/Paris" }
 level = 9
 timeout = "10m"
+lock_timeout = "5s"
 notify = ["hook"]
 retention = { keep_daily = 7, keep_within = "2d", max_age = "90d" }
 verify = { every = "7d", timeout = "5m" }
@@ -88,6 +89,7 @@ fn a_good_config_reads_fully() {
         d.path().join("backups").display().to_string()
     );
     assert_eq!(app.level, 9);
+    assert_eq!(app.lock_timeout, Duration::from_secs(5));
     assert_eq!(app.notify, vec!["hook"]);
     assert_eq!(app.retention.as_ref().unwrap().keep_daily, Some(7));
     assert_eq!(
@@ -96,6 +98,10 @@ fn a_good_config_reads_fully() {
     );
     assert!(app.verify.is_some());
     let pg = &c.databases[1];
+    assert_eq!(
+        pg.lock_timeout,
+        crate::sources::sqlite::DEFAULT_LOCK_TIMEOUT
+    );
     assert!(matches!(&pg.source, Source::Postgres(p) if p.port == 5432 && p.database == "shop"));
     // Routes default to all, failure only.
     assert_eq!(pg.notify.len(), 2);
@@ -143,6 +149,7 @@ source = "b.db"
 destinations = ["/b"]
 schedule = { every = "soon" }
 timeout = "forever"
+lock_timeout = "a while"
 level = 12
 "#,
     );
@@ -166,6 +173,7 @@ level = 12
         "databases[1].name: \"app\" is already the name of databases[0]",
         "databases[1].schedule.every: \"soon\" is not a duration",
         "databases[1].timeout: \"forever\" is not a duration",
+        "databases[1].lock_timeout: \"a while\" is not a duration",
         "databases[1].level: 12 is out of range",
     ] {
         has(&p, needle);
