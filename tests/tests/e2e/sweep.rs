@@ -7,7 +7,7 @@
 use std::path::Path;
 
 use cairn::engine::EngineKind;
-use cairn::restore::{RestoreOptions, run};
+use cairn::restore::{CheckMode, RestoreOptions, run};
 use cairn::storage::{Dest, Location};
 use cairn_core::{KeyMaterial, MasterKey};
 use cairn_e2e::*;
@@ -72,6 +72,8 @@ fn restore(d: &Dest, key: &KeyMaterial, out: &Path) -> Result<(), String> {
             output: out.to_path_buf(),
             force: false,
             if_db_not_exists: false,
+            // Always the full check: every case must prove itself.
+            check: CheckMode::Full,
             key: key.clone(),
             engine: EngineKind::Native,
             limits: Default::default(),
