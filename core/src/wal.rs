@@ -179,7 +179,7 @@ pub struct Txn {
 /// file's bytes from [`WalCursor::offset`] on, get the transactions
 /// committed since the last call. Frames after the last commit are left
 /// for the next call (they may be a transaction still being written).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct WalCursor {
     pub header: WalHeader,
     /// The next frame to read (1-based): every frame before it is in a
