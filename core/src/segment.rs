@@ -9,11 +9,11 @@
 
 use std::collections::BTreeMap;
 
+use crate::KeyMaterial;
 use crate::encoder::{Encoder, WriterParams};
 use crate::error::{Error, Result};
 use crate::header::{Compression, SourceKind};
 use crate::wal::Txn;
-use crate::{Decoder, KeyMaterial};
 
 pub const SEGMENT_MAGIC: [u8; 8] = *b"CAIRNSEG";
 pub const SEGMENT_VERSION: u8 = 1;
@@ -323,9 +323,13 @@ impl Segment {
     /// archive (every chunk, the trailer's SHA-256), parses the body, and
     /// checks that it is the segment the key names.
     pub fn open(bytes: &[u8], key: &str, material: &KeyMaterial) -> Result<Segment> {
-        let mut dec = Decoder::new(material.clone());
-        let body = dec.push(bytes)?;
-        dec.finish()?;
+        Segment::open_with(bytes, key, &mut Keys::new(material.clone()))
+    }
+
+    /// [`open`](Self::open) with the master keys derived so far: a
+    /// passphrase is stretched once per Argon2id salt, not once per segment.
+    pub fn open_with(bytes: &[u8], key: &str, keys: &mut Keys) -> Result<Segment> {
+        let body = keys.decode(bytes)?;
         let seg = Segment::parse_body(&body, key)?;
         let i = &seg.info;
         match parse_segment_key(key) {
@@ -339,6 +343,77 @@ impl Segment {
             }
         }
         Ok(seg)
+    }
+}
+
+/// Key material for opening many segments, with the master keys derived
+/// from a passphrase remembered by their Argon2id parameters and salt.
+pub struct Keys {
+    material: KeyMaterial,
+    derived: Vec<(crate::header::Kdf, crate::key::MasterKey)>,
+}
+
+impl Keys {
+    pub fn new(material: KeyMaterial) -> Self {
+        Keys {
+            material,
+            derived: Vec::new(),
+        }
+    }
+
+    /// Decodes a whole archive with every check of a snapshot decode.
+    fn decode(&mut self, bytes: &[u8]) -> Result<Vec<u8>> {
+        use crate::decoder::{ArchiveReader, Tally};
+        use crate::frame::{Event, FrameParser};
+        use crate::header::{Encryption, Kdf};
+        let mut parser = FrameParser::new();
+        parser.push(bytes);
+        let mut reader: Option<ArchiveReader> = None;
+        let mut tally = Tally::default();
+        let mut out = Vec::new();
+        while let Some(ev) = parser.next_event()? {
+            match ev {
+                Event::Header { bytes, mut meta } => {
+                    let material = match (&self.material, meta.encryption) {
+                        (
+                            KeyMaterial::Passphrase(_),
+                            Encryption::Aes256GcmStream { salt, kdf, key_id },
+                        ) if matches!(kdf, Kdf::Argon2id { .. }) => {
+                            let master = match self.derived.iter().find(|(k, _)| *k == kdf) {
+                                Some((_, m)) => m.clone(),
+                                None => {
+                                    let m = self.material.master_for(&kdf)?;
+                                    self.derived.push((kdf, m.clone()));
+                                    m
+                                }
+                            };
+                            // The reader needs the master key only; the header
+                            // bytes (the AEAD's associated data) stay as they are.
+                            meta.encryption = Encryption::Aes256GcmStream {
+                                salt,
+                                kdf: Kdf::RawKey,
+                                key_id,
+                            };
+                            KeyMaterial::Key(master)
+                        }
+                        _ => self.material.clone(),
+                    };
+                    reader = Some(ArchiveReader::new(bytes, meta, &material)?);
+                }
+                Event::Chunk(c) => {
+                    let r = reader.as_ref().expect("the header comes first");
+                    if c.last {
+                        tally.check(&r.open_trailer(&c)?)?;
+                    } else {
+                        let plain = r.open_chunk(&c)?;
+                        tally.add(&plain);
+                        out.extend_from_slice(&plain);
+                    }
+                }
+            }
+        }
+        parser.finish()?;
+        Ok(out)
     }
 }
 
@@ -569,6 +644,34 @@ mod tests {
                 assert_eq!(e.code(), crate::ErrorCode::WrongKey);
             }
         }
+    }
+
+    #[test]
+    fn a_passphrase_is_stretched_once_for_many_segments() {
+        let kdf = Kdf::Argon2id {
+            m_cost_kib: 64,
+            t_cost: 1,
+            p_cost: 1,
+            salt: [4; 16],
+        };
+        let master = crate::key::derive_from_passphrase("pw", &kdf).unwrap();
+        let mut p = params(None);
+        p.encryption = Some(crate::encoder::EncryptionParams {
+            master,
+            kdf,
+            salt: [3; 32],
+        });
+        let seg = Segment::from_txns(GEN, 1, 512, 0, &[txn(&[(1, 1)], 1)]).unwrap();
+        let bytes = seg.build(p).unwrap();
+        let name = segment_key(GEN, 0, 1, 1, true);
+        let mut keys = Keys::new(KeyMaterial::Passphrase("pw".into()));
+        for _ in 0..3 {
+            assert_eq!(Segment::open_with(&bytes, &name, &mut keys).unwrap(), seg);
+        }
+        assert_eq!(keys.derived.len(), 1);
+        let mut wrong = Keys::new(KeyMaterial::Passphrase("nope".into()));
+        let e = Segment::open_with(&bytes, &name, &mut wrong).unwrap_err();
+        assert_eq!(e.code(), crate::ErrorCode::WrongKey);
     }
 
     #[test]

@@ -27,10 +27,8 @@ pub struct LeaseRecord {
 impl LeaseRecord {
     pub fn describe(&self) -> String {
         format!(
-            "{} on host {} pid {} until {}",
+            "{} until {}",
             self.writer,
-            self.host,
-            self.pid,
             cairn_core::time::rfc3339(self.expires_at_ms)
         )
     }

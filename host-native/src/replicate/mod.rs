@@ -43,7 +43,7 @@ pub struct ReplicateArgs {
     #[arg(required = true)]
     pub dests: Vec<String>,
     /// How often to look at the WAL.
-    #[arg(long, default_value = "100ms", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "50ms", value_parser = humantime::parse_duration)]
     pub interval: Duration,
     /// Start a new generation (a fresh snapshot) this often.
     #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
@@ -144,6 +144,16 @@ pub fn run(dests: &[Dest], opts: &ReplicateOptions, stop: &AtomicBool) -> Result
             }
         }
     }
+    eprintln!(
+        "cairn replicate: {} → {} (every {:?}; Ctrl-C or SIGTERM to stop)",
+        opts.db.display(),
+        dests
+            .iter()
+            .map(|d| d.describe(""))
+            .collect::<Vec<_>>()
+            .join(", "),
+        opts.interval
+    );
     let mut next_txid = 1;
     for d in dests {
         let state = crate::repo::load(d)?.state;
@@ -306,6 +316,10 @@ impl Replicator<'_> {
             progress: false,
             prune: None,
         };
+        if reason != "start" {
+            // The file may be another one now: follow it with new connections.
+            self.tail = WalTail::open(&self.opts.db)?;
+        }
         for _ in 0..5 {
             let before = self.tail.restart_from_scratch()?;
             let report = backup::run(self.dests, &bopts)?;
@@ -411,12 +425,6 @@ pub fn cli(a: ReplicateArgs, rt: &tokio::runtime::Runtime) -> Result<()> {
             stop.store(true, Ordering::Relaxed);
         });
     }
-    eprintln!(
-        "cairn replicate: {} → {} (every {:?}; Ctrl-C or SIGTERM to stop)",
-        opts.db.display(),
-        a.dests.join(", "),
-        opts.interval
-    );
     let report = run(&dests, &opts, &stop)?;
     if a.json {
         crate::cli::print_json(&report)?;

@@ -11,7 +11,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, anyhow, bail};
 use cairn_core::KeyMaterial;
-use cairn_core::segment::{Applier, Segment, SegmentInfoLite, Stop, plan};
+use cairn_core::segment::{Applier, Keys, Segment, SegmentInfoLite, Stop, plan};
 use serde::Serialize;
 
 use super::generation::{GenerationEntry, generations, list_segments};
@@ -230,6 +230,7 @@ fn restore_generation(
     let ps = u64::from(g.page_size);
     let mut applied = 0;
     let base_reached = |a: &Applier| a.next_txid > g.base_txid;
+    let mut keyring = Keys::new(opts.key.clone());
     'outer: for batch in keys.chunks(32) {
         for (k, bytes) in batch.iter().zip(fetch(dest, batch)?) {
             let seg = Segment::open(&bytes, k, &opts.key)

@@ -13,6 +13,7 @@ mod main_job;
 mod postgres;
 mod proxy_selftest;
 mod remote;
+mod replicate;
 mod sandbox;
 mod servers_selftest;
 mod storage_s3;
