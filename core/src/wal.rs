@@ -215,8 +215,7 @@ impl WalCursor {
         let mut sum = self.checksum;
         let mut pending: BTreeMap<u32, Vec<u8>> = BTreeMap::new();
         let mut first = self.next_frame;
-        let mut frame = self.next_frame;
-        for f in bytes.chunks_exact(flen) {
+        for (frame, f) in (self.next_frame..).zip(bytes.chunks_exact(flen)) {
             let pgno = be32(f, 0);
             let commit = be32(f, 4);
             if pgno == 0 || be32(f, 8) != h.salt1 || be32(f, 12) != h.salt2 {
@@ -240,7 +239,6 @@ impl WalCursor {
                 self.checksum = sum;
                 first = frame + 1;
             }
-            frame += 1;
         }
         out
     }

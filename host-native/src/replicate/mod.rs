@@ -122,7 +122,12 @@ struct Replicator<'a> {
     queued: Vec<Txn>,
     ready: Option<Ready>,
     report: Report,
+    /// The last RESTART checkpoint tried: readers of the application can
+    /// hold one off, so it is tried again only after a while.
+    last_restart: Option<Instant>,
 }
+
+const RESTART_EVERY: Duration = Duration::from_secs(10);
 
 /// Replicates until `stop` is set, then ships what is committed, releases
 /// the leases and returns.
@@ -181,6 +186,7 @@ pub fn run(dests: &[Dest], opts: &ReplicateOptions, stop: &AtomicBool) -> Result
         queued: Vec::new(),
         ready: None,
         report: Report::default(),
+        last_restart: None,
     };
     let res = r.main_loop(stop);
     // Whatever happened, give the leases up so a restart need not wait.
@@ -231,7 +237,13 @@ impl Replicator<'_> {
                     last_ship_error = Some(msg);
                 }
             }
-            if self.tail.wal_size() > self.opts.wal_limit && self.ready.is_none() {
+            if self.tail.log_bytes() > self.opts.wal_limit
+                && self.ready.is_none()
+                && self
+                    .last_restart
+                    .is_none_or(|t| t.elapsed() >= RESTART_EVERY)
+            {
+                self.last_restart = Some(Instant::now());
                 self.report.checkpoints += 1;
                 match self.tail.checkpoint_restart()? {
                     Poll::Txns(t) => self.queue(t),
@@ -318,6 +330,7 @@ impl Replicator<'_> {
         };
         if reason != "start" {
             // The file may be another one now: follow it with new connections.
+            self.tail.close()?;
             self.tail = WalTail::open(&self.opts.db)?;
         }
         for _ in 0..5 {

@@ -233,7 +233,7 @@ fn restore_generation(
     let mut keyring = Keys::new(opts.key.clone());
     'outer: for batch in keys.chunks(32) {
         for (k, bytes) in batch.iter().zip(fetch(dest, batch)?) {
-            let seg = Segment::open(&bytes, k, &opts.key)
+            let seg = Segment::open_with(&bytes, k, &mut keyring)
                 .map_err(|e| anyhow!("{}: {e}", dest.describe(k)))?;
             if opts.timestamp_ms.is_some_and(|t| seg.info.time_ms > t) {
                 if base_reached(&applier) {

@@ -52,6 +52,9 @@ impl WalTail {
         crate::snapshot::check_is_sqlite(db)?;
         let rw = OpenFlags::SQLITE_OPEN_READ_WRITE;
         let checkpointer = open(db, rw)?;
+        // A RESTART checkpoint waits for the application's readers; a short
+        // wait keeps shipping on time (it is tried again later).
+        checkpointer.busy_timeout(Duration::from_millis(200))?;
         let mode: String = checkpointer
             .query_row("PRAGMA journal_mode", [], |r| r.get(0))
             .with_context(|| format!("cannot read the journal mode of {}", db.display()))?;
@@ -213,9 +216,22 @@ impl WalTail {
         Ok(Poll::Txns(self.read_from(&f)?))
     }
 
-    /// Size of the WAL file in bytes (0 when absent).
-    pub fn wal_size(&self) -> u64 {
-        std::fs::metadata(&self.wal).map_or(0, |m| m.len())
+    /// Closes the connections before the database is followed anew: the
+    /// last connection to close deletes the `-wal` file by name, which must
+    /// happen before a new database's WAL can be there.
+    pub fn close(&mut self) -> Result<()> {
+        self.held = None;
+        for c in self.pins.iter_mut().chain([&mut self.checkpointer]) {
+            let old = std::mem::replace(c, Connection::open_in_memory()?);
+            drop(old);
+        }
+        Ok(())
+    }
+
+    /// Bytes of the log in use up to what we have read (the file itself
+    /// keeps its size after a restart, so that is not the measure).
+    pub fn log_bytes(&self) -> u64 {
+        self.cursor.map_or(0, |c| c.offset())
     }
 
     /// Copies what it can into the database file (never waits on writers).
