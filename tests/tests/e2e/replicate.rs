@@ -12,7 +12,7 @@ use cairn_e2e::{Run, Scratch, count_rows, insert_rows};
 use rusqlite::Connection;
 
 struct Replicator {
-    child: Child,
+    child: Option<Child>,
 }
 
 impl Replicator {
@@ -26,24 +26,29 @@ impl Replicator {
             .stderr(Stdio::piped())
             .spawn()
             .expect("start cairn replicate");
-        Replicator { child }
+        Replicator { child: Some(child) }
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
     }
 
     /// SIGTERM, then the exit status and stderr.
     fn stop(mut self) -> Run {
+        let child = self.child.take().expect("running");
         // SAFETY: signalling our own child by its pid.
-        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
-        let out = self
-            .child
-            .wait_with_output()
-            .expect("wait for cairn replicate");
+        unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+        let out = child.wait_with_output().expect("wait for cairn replicate");
         out.into()
     }
 }
 
 impl Drop for Replicator {
     fn drop(&mut self) {
-        let _ = self.child.kill();
+        if let Some(c) = self.child.as_mut() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
     }
 }
 
@@ -250,7 +255,7 @@ fn a_second_replicator_is_refused_until_the_first_stops() {
     s.make_db("app.db", 10);
     let first = Replicator::start(&s, "app.db", "replica", &[], &[]);
     wait_for_generations(&s, "replica", 1, &[]);
-    let pid = first.child.id().to_string();
+    let pid = first.pid().to_string();
     s.run(&["replicate", "app.db", "replica"]).fails_with(&[
         "held by",
         &format!("pid {pid}"),
