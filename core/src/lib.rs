@@ -16,8 +16,10 @@ pub mod header;
 pub mod key;
 pub mod layout;
 pub mod retention;
+pub mod segment;
 pub mod sniff;
 pub mod time;
+pub mod wal;
 
 #[cfg(target_arch = "wasm32")]
 mod component;

@@ -77,6 +77,17 @@ pub enum Command {
     Verify(VerifyArgs),
     /// Generate a random 32-byte key for --key-file.
     Keygen(KeygenArgs),
+    /// Replicate a SQLite database (WAL mode) continuously: every committed
+    /// transaction is shipped as a segment within --interval; restore any
+    /// point with `cairn restore DEST --timestamp …`.
+    ///
+    /// Holds a read transaction so no other connection can reset the WAL
+    /// under it, checkpoints the WAL itself, and starts a new generation (a
+    /// fresh snapshot) at start-up, every --snapshot-interval and whenever
+    /// frames may have been missed. One replicator per database and
+    /// destination: a second one is refused (a lease). SIGTERM/Ctrl-C: ship
+    /// what is committed, release the lease, exit 0.
+    Replicate(crate::replicate::ReplicateArgs),
     /// Delete old backups by a retention policy (restic's `forget` rules).
     ///
     /// Each database in the destination is judged on its own. The plan is
@@ -304,6 +315,8 @@ pub struct RestoreArgs {
     #[arg(long, conflicts_with = "force")]
     pub if_db_not_exists: bool,
     #[command(flatten)]
+    pub replica: crate::replicate::restore::ReplicaArgs,
+    #[command(flatten)]
     pub key: KeyArgs,
     #[arg(long, value_enum, default_value_t = EngineKind::Native)]
     pub engine: EngineKind,
@@ -330,6 +343,12 @@ pub struct ListArgs {
     /// Print JSON instead of a table.
     #[arg(long)]
     pub json: bool,
+    /// List replication's generations and the restorable range instead.
+    #[arg(long)]
+    pub generations: bool,
+    /// List replication's segments instead.
+    #[arg(long, conflicts_with = "generations")]
+    pub segments: bool,
 }
 
 #[derive(Args, Debug)]
@@ -597,6 +616,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Backup(a) => cmd_backup(a, &rt),
         Command::Restore(a) => cmd_restore(a, &rt),
         Command::List(a) => cmd_list(a, &rt),
+        Command::Replicate(a) => crate::replicate::cli(a, &rt),
         Command::Verify(a) => cmd_verify(a, &rt),
         Command::Prune(a) => {
             let d = open_dest(&a.dest, &rt)?;
@@ -788,6 +808,12 @@ fn cmd_restore(a: RestoreArgs, rt: &tokio::runtime::Runtime) -> Result<()> {
         }
         return Ok(());
     }
+    if a.id.is_none()
+        && let Some(out) = &a.output
+        && crate::replicate::restore::cli(&a, out, &key, rt)?
+    {
+        return Ok(());
+    }
     let opts = restore::RestoreOptions {
         id: a.id,
         db: a.db,
@@ -835,6 +861,9 @@ fn cmd_restore(a: RestoreArgs, rt: &tokio::runtime::Runtime) -> Result<()> {
 
 fn cmd_list(a: ListArgs, rt: &tokio::runtime::Runtime) -> Result<()> {
     let dest = open_dest(&a.dest, rt)?;
+    if a.generations || a.segments {
+        return crate::replicate::list::cli(&dest, a.segments, a.json);
+    }
     let state = repo::require(&dest)?;
     let entries: Vec<&cairn_core::catalog::Entry> = state.sorted();
     let newest = state.newest_per_db();

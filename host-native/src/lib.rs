@@ -7,6 +7,7 @@
 //! - [`storage`]: where backups live (a local directory, S3, SFTP).
 //! - [`daemon`]: cairn.toml, schedules, notifications, drills, metrics.
 //! - [`repo`]: a destination's catalog (layout 2, reading layout 1).
+//! - [`replicate`]: continuous WAL replication and point-in-time restore.
 //! - [`engine`], [`sandbox`]: the core natively or as a wasm component.
 
 pub mod backup;
@@ -21,6 +22,7 @@ pub mod progress;
 pub mod prune;
 pub mod pull;
 pub mod repair;
+pub mod replicate;
 pub mod repo;
 pub mod restore;
 pub mod sandbox;

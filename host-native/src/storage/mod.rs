@@ -194,6 +194,8 @@ pub fn is_layout_key(key: &str) -> bool {
         SNAPSHOT_PREFIX,
         layout::LOG_PREFIX,
         layout::CHECKPOINT_PREFIX,
+        cairn_core::segment::GENERATIONS_PREFIX,
+        crate::replicate::lease::LEASE_PREFIX,
     ]
     .iter()
     .any(|p| key.starts_with(p))

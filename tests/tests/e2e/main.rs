@@ -15,6 +15,7 @@ mod main_job;
 mod postgres;
 mod proxy_selftest;
 mod remote;
+mod replicate;
 mod sandbox;
 mod servers_selftest;
 mod spec;

@@ -1,0 +1,454 @@
+//! `cairn replicate`: continuous replication of a SQLite database in WAL
+//! mode (docs/FORMAT.md §13). Every committed transaction is shipped, within
+//! a poll interval, as a segment; a new generation (a fresh snapshot) starts
+//! at start-up, on the snapshot interval, and whenever frames may have been
+//! missed. The room holds one concept per file: [`wal_tail`] follows the
+//! WAL, [`shipper`] encodes and uploads segments, [`generation`] the log
+//! entries and listings, [`lease`] the fencing, [`restore`] and [`list`]
+//! the reading side.
+
+pub mod generation;
+pub mod lease;
+pub mod list;
+pub mod restore;
+pub mod shipper;
+pub mod wal_tail;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Result, anyhow, bail};
+use cairn_core::segment::{GENERATION_KIND, generation_id};
+use cairn_core::wal::Txn;
+use cairn_core::{Compression, KeyMaterial};
+use clap::Args;
+use serde::Serialize;
+
+use crate::backup::{self, BackupOptions, Seeds};
+use crate::engine::EngineKind;
+use crate::keys::KeyArgs;
+use crate::storage::{Dest, now_ms};
+use generation::GenerationEntry;
+use lease::Lease;
+use shipper::{Ready, Shipper};
+use wal_tail::{Poll, WalTail};
+
+#[derive(Args, Debug)]
+pub struct ReplicateArgs {
+    /// The SQLite database to replicate (in WAL mode).
+    pub db: PathBuf,
+    /// Destinations: directories, s3://… or sftp://….
+    #[arg(required = true)]
+    pub dests: Vec<String>,
+    /// How often to look at the WAL.
+    #[arg(long, default_value = "50ms", value_parser = humantime::parse_duration)]
+    pub interval: Duration,
+    /// Start a new generation (a fresh snapshot) this often.
+    #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
+    pub snapshot_interval: Duration,
+    /// How long the replication lease lasts without renewal (it is renewed
+    /// at half-time; a crashed replicator's lease is taken over after it
+    /// expires, at once by a new replicator on the same host).
+    #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
+    pub lease_ttl: Duration,
+    /// Restart the WAL (checkpoint RESTART) once it is this large.
+    #[arg(long, default_value = "64MiB", value_parser = parse_bytes)]
+    pub wal_limit: u64,
+    /// Compression level, 0 (store) to 9.
+    #[arg(long, default_value_t = 6)]
+    pub level: u8,
+    /// Directory for the snapshots' temporary copies [default: the system temp dir].
+    #[arg(long, value_name = "DIR")]
+    pub temp_dir: Option<PathBuf>,
+    /// Encrypt with this key (segments and snapshots alike).
+    #[command(flatten)]
+    pub key: KeyArgs,
+    /// On exit, print a JSON report on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn parse_bytes(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let (num, mult) = [
+        ("GiB", 1u64 << 30),
+        ("MiB", 1 << 20),
+        ("KiB", 1 << 10),
+        ("", 1),
+    ]
+    .iter()
+    .find_map(|(suf, m)| t.strip_suffix(suf).map(|n| (n.trim(), *m)))
+    .expect("the empty suffix matches");
+    num.parse::<u64>()
+        .map(|n| n * mult)
+        .map_err(|_| format!("{s:?} is not a size like 64MiB"))
+}
+
+pub struct ReplicateOptions {
+    pub db: PathBuf,
+    pub key: KeyMaterial,
+    pub compression: Compression,
+    pub interval: Duration,
+    pub snapshot_interval: Duration,
+    pub lease_ttl: Duration,
+    pub wal_limit: u64,
+    pub temp_dir: PathBuf,
+}
+
+/// What a run did, for `--json` and the request-count figures.
+#[derive(Debug, Default, Serialize)]
+pub struct Report {
+    pub generations: Vec<String>,
+    pub transactions: u64,
+    pub segments: u64,
+    pub segment_bytes: u64,
+    pub segment_requests: u64,
+    pub checkpoints: u64,
+    pub seconds: f64,
+}
+
+struct Replicator<'a> {
+    opts: &'a ReplicateOptions,
+    dests: &'a [Dest],
+    db_name: String,
+    tail: WalTail,
+    shipper: Shipper,
+    leases: Vec<Lease>,
+    generation: Option<GenerationEntry>,
+    started: Instant,
+    next_txid: u64,
+    queued: Vec<Txn>,
+    ready: Option<Ready>,
+    report: Report,
+    /// The last RESTART checkpoint tried: readers of the application can
+    /// hold one off, so it is tried again only after a while.
+    last_restart: Option<Instant>,
+}
+
+const RESTART_EVERY: Duration = Duration::from_secs(10);
+
+/// Replicates until `stop` is set, then ships what is committed, releases
+/// the leases and returns.
+pub fn run(dests: &[Dest], opts: &ReplicateOptions, stop: &AtomicBool) -> Result<Report> {
+    let t0 = Instant::now();
+    let source = crate::sources::Source::Sqlite(opts.db.clone());
+    let db_name = source.catalog_name();
+    let tail = WalTail::open(&opts.db)?;
+    let encryption = backup::encryption_params(&opts.key, &Seeds::fresh()?)?;
+    let mut leases = Vec::new();
+    for d in dests {
+        match Lease::acquire(d, &db_name, opts.lease_ttl.as_millis() as i64) {
+            Ok(l) => leases.push(l),
+            Err(e) => {
+                for (l, d) in leases.into_iter().zip(dests) {
+                    let _ = l.release(d);
+                }
+                return Err(e);
+            }
+        }
+    }
+    eprintln!(
+        "cairn replicate: {} → {} (every {:?}; Ctrl-C or SIGTERM to stop)",
+        opts.db.display(),
+        dests
+            .iter()
+            .map(|d| d.describe(""))
+            .collect::<Vec<_>>()
+            .join(", "),
+        opts.interval
+    );
+    let mut next_txid = 1;
+    for d in dests {
+        let state = crate::repo::load(d)?.state;
+        if let Some(g) = generation::generations(&state, Some(&db_name)).last() {
+            next_txid = next_txid.max(generation::last_txid(d, g)? + 1);
+        }
+    }
+    let mut r = Replicator {
+        opts,
+        dests,
+        db_name: db_name.clone(),
+        tail,
+        shipper: Shipper {
+            db_name,
+            compression: opts.compression,
+            encryption,
+            segments: 0,
+            bytes: 0,
+            requests: 0,
+        },
+        leases,
+        generation: None,
+        started: Instant::now(),
+        next_txid,
+        queued: Vec::new(),
+        ready: None,
+        report: Report::default(),
+        last_restart: None,
+    };
+    let res = r.main_loop(stop);
+    // Whatever happened, give the leases up so a restart need not wait.
+    for (l, d) in r.leases.drain(..).zip(dests) {
+        let _ = l.release(d);
+    }
+    res?;
+    r.report.segments = r.shipper.segments;
+    r.report.segment_bytes = r.shipper.bytes;
+    r.report.segment_requests = r.shipper.requests;
+    r.report.seconds = t0.elapsed().as_secs_f64();
+    Ok(r.report)
+}
+
+impl Replicator<'_> {
+    fn main_loop(&mut self, stop: &AtomicBool) -> Result<()> {
+        self.start_generation("start")?;
+        let mut last_ship_error: Option<String> = None;
+        while !stop.load(Ordering::Relaxed) {
+            std::thread::sleep(self.opts.interval);
+            for (l, d) in self.leases.iter_mut().zip(self.dests) {
+                l.keep(d)?;
+            }
+            let got;
+            match self.tail.poll()? {
+                Poll::Txns(t) => {
+                    got = !t.is_empty();
+                    self.queue(t)
+                }
+                Poll::Lost(why) => {
+                    self.flush_best_effort();
+                    eprintln!("cairn replicate: {why}; starting a new generation");
+                    self.start_generation(if why.contains("replaced") {
+                        "db-replaced"
+                    } else {
+                        "wal-reset"
+                    })?;
+                    continue;
+                }
+            }
+            match self.flush() {
+                Ok(()) => last_ship_error = None,
+                Err(e) => {
+                    let msg = format!("{e:#}");
+                    if last_ship_error.as_deref() != Some(&msg) {
+                        eprintln!("cairn replicate: {msg}; retrying");
+                    }
+                    last_ship_error = Some(msg);
+                }
+            }
+            if self.tail.log_bytes() > self.opts.wal_limit
+                && self.ready.is_none()
+                && self
+                    .last_restart
+                    .is_none_or(|t| t.elapsed() >= RESTART_EVERY)
+            {
+                self.last_restart = Some(Instant::now());
+                self.report.checkpoints += 1;
+                match self.tail.checkpoint_restart()? {
+                    Poll::Txns(t) => self.queue(t),
+                    Poll::Lost(why) => {
+                        self.flush_best_effort();
+                        eprintln!("cairn replicate: {why}; starting a new generation");
+                        self.start_generation("wal-reset")?;
+                        continue;
+                    }
+                }
+                self.flush_best_effort();
+            } else if got {
+                // Copy what is shipped into the database file, so the WAL
+                // can restart (SQLite does so when it is all copied).
+                self.tail.checkpoint_passive()?;
+            }
+            if self.started.elapsed() >= self.opts.snapshot_interval {
+                self.flush_best_effort();
+                self.start_generation("snapshot-interval")?;
+            }
+        }
+        // Shut down: what is committed now goes out.
+        if let Poll::Txns(t) = self.tail.poll()? {
+            self.queue(t);
+        }
+        self.flush()?;
+        if self.ready.is_some() || !self.queued.is_empty() {
+            bail!("stopped with transactions not yet shipped");
+        }
+        Ok(())
+    }
+
+    fn queue(&mut self, t: Vec<Txn>) {
+        self.report.transactions += t.len() as u64;
+        self.queued.extend(t);
+    }
+
+    /// Ships the pending segment, then one of everything queued.
+    fn flush(&mut self) -> Result<()> {
+        for _ in 0..2 {
+            if self.ready.is_none() && !self.queued.is_empty() {
+                let g = self.generation.as_ref().expect("a generation");
+                let txns = std::mem::take(&mut self.queued);
+                self.ready = Some(self.shipper.encode(
+                    &g.id,
+                    self.next_txid,
+                    self.tail.page_size,
+                    &txns,
+                    self.dests.len(),
+                )?);
+            }
+            let Some(r) = self.ready.as_mut() else {
+                return Ok(());
+            };
+            self.shipper.ship(self.dests, r)?;
+            self.next_txid = r.max_txid + 1;
+            self.ready = None;
+        }
+        Ok(())
+    }
+
+    fn flush_best_effort(&mut self) {
+        if let Err(e) = self.flush() {
+            eprintln!(
+                "cairn replicate: {e:#}; these transactions stay in the new generation's snapshot only"
+            );
+        }
+        self.ready = None;
+        self.queued.clear();
+    }
+
+    /// A snapshot, then the WAL's transactions from its first frame as the
+    /// first segment, then the commit that makes the generation visible.
+    fn start_generation(&mut self, reason: &str) -> Result<()> {
+        let bopts = BackupOptions {
+            source: crate::sources::Source::Sqlite(self.opts.db.clone()),
+            key: self.opts.key.clone(),
+            compression: self.opts.compression,
+            chunk_size: cairn_core::DEFAULT_CHUNK_SIZE,
+            engine: EngineKind::Native,
+            temp_dir: self.opts.temp_dir.clone(),
+            progress: false,
+            prune: None,
+        };
+        if reason != "start" {
+            // The file may be another one now: follow it with new connections.
+            self.tail.close()?;
+            self.tail = WalTail::open(&self.opts.db)?;
+        }
+        for _ in 0..5 {
+            let before = self.tail.restart_from_scratch()?;
+            let report = backup::run(self.dests, &bopts)?;
+            if report.failed > 0 {
+                let errs: Vec<String> = report
+                    .destinations
+                    .iter()
+                    .filter_map(|d| d.error.clone())
+                    .collect();
+                bail!("the generation's snapshot failed: {}", errs.join("; "));
+            }
+            // The snapshot lies within the log we hold only if the log did
+            // not restart meanwhile.
+            if self.tail.header_now()? != before {
+                continue;
+            }
+            let txns = match self.tail.poll()? {
+                Poll::Txns(t) => t,
+                Poll::Lost(_) => continue,
+            };
+            let mut r = [0u8; 4];
+            getrandom::fill(&mut r).map_err(|e| anyhow!("the OS random generator failed: {e}"))?;
+            let started_at_ms = now_ms();
+            let id = generation_id(started_at_ms, r);
+            let first_txid = self.next_txid;
+            self.report.transactions += txns.len() as u64;
+            if !txns.is_empty() {
+                let mut ready = self.shipper.encode(
+                    &id,
+                    first_txid,
+                    self.tail.page_size,
+                    &txns,
+                    self.dests.len(),
+                )?;
+                self.shipper.ship(self.dests, &mut ready)?;
+                self.next_txid = ready.max_txid + 1;
+            }
+            let entry = GenerationEntry {
+                id: id.clone(),
+                kind: GENERATION_KIND.into(),
+                db_name: self.db_name.clone(),
+                started_at: cairn_core::time::rfc3339(started_at_ms),
+                started_at_ms,
+                snapshot: report.id.clone(),
+                snapshot_object: report.object.clone(),
+                page_size: self.tail.page_size,
+                first_txid,
+                base_txid: self.next_txid - 1,
+                reason: reason.into(),
+                writer: crate::repo::write::writer_id(),
+            };
+            for d in self.dests {
+                let mut loaded = crate::repo::load(d)?;
+                let mut c = crate::repo::write::new_commit();
+                c.add.push(serde_json::to_value(&entry)?);
+                c.note = Some(format!("replication: generation {id} ({reason})"));
+                crate::repo::write::append(d, &mut loaded, c)?;
+            }
+            self.generation = Some(entry);
+            self.started = Instant::now();
+            self.report.generations.push(id);
+            return Ok(());
+        }
+        bail!(
+            "the WAL of {} kept being reset while a snapshot was taken; is another program checkpointing it with TRUNCATE?",
+            self.opts.db.display()
+        )
+    }
+}
+
+/// `cairn replicate DB DEST…`
+pub fn cli(a: ReplicateArgs, rt: &tokio::runtime::Runtime) -> Result<()> {
+    let opts = ReplicateOptions {
+        db: a.db,
+        key: a.key.load()?,
+        compression: backup::check_level(a.level)?,
+        interval: a.interval.max(Duration::from_millis(1)),
+        snapshot_interval: a.snapshot_interval,
+        lease_ttl: a.lease_ttl,
+        wal_limit: a.wal_limit,
+        temp_dir: a.temp_dir.unwrap_or_else(std::env::temp_dir),
+    };
+    let dests = a
+        .dests
+        .iter()
+        .map(|d| crate::cli::open_dest(d, rt))
+        .collect::<Result<Vec<_>>>()?;
+    let stop = Arc::new(AtomicBool::new(false));
+    {
+        let stop = stop.clone();
+        rt.spawn(async move {
+            use tokio::signal::unix::{SignalKind, signal};
+            let (Ok(mut term), Ok(mut int)) = (
+                signal(SignalKind::terminate()),
+                signal(SignalKind::interrupt()),
+            ) else {
+                return;
+            };
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+            stop.store(true, Ordering::Relaxed);
+        });
+    }
+    let report = run(&dests, &opts, &stop)?;
+    if a.json {
+        crate::cli::print_json(&report)?;
+    } else {
+        eprintln!(
+            "cairn replicate: stopped; {} transactions in {} segments ({}), {} generations",
+            report.transactions,
+            report.segments,
+            crate::cli::mib(report.segment_bytes),
+            report.generations.len()
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,112 @@
+//! Shipping segments: committed transactions become one segment object,
+//! encoded once and written create-only to every destination. A segment is
+//! kept until every destination has it; what commits meanwhile waits for
+//! the next one, so transaction ids stay gap-free in each destination.
+
+use anyhow::{Context, Result, anyhow};
+use cairn_core::encoder::EncryptionParams;
+use cairn_core::segment::{Segment, segment_key};
+use cairn_core::wal::Txn;
+use cairn_core::{Compression, SourceKind, WriterParams};
+
+use crate::storage::{Cond, Dest, Put, now_ms};
+
+pub struct Shipper {
+    pub db_name: String,
+    pub compression: Compression,
+    /// The key (derived once, for a passphrase); each segment gets its own salt.
+    pub encryption: Option<EncryptionParams>,
+    /// Counters for the report.
+    pub segments: u64,
+    pub bytes: u64,
+    pub requests: u64,
+}
+
+/// An encoded segment waiting to be on every destination.
+pub struct Ready {
+    pub key: String,
+    pub bytes: Vec<u8>,
+    pub max_txid: u64,
+    /// Which destinations have it.
+    pub done: Vec<bool>,
+}
+
+fn random<const N: usize>() -> Result<[u8; N]> {
+    let mut r = [0u8; N];
+    getrandom::fill(&mut r).map_err(|e| anyhow!("the OS random generator failed: {e}"))?;
+    Ok(r)
+}
+
+impl Shipper {
+    /// Encodes `txns` as the segment starting at `first_txid`.
+    pub fn encode(
+        &self,
+        generation: &str,
+        first_txid: u64,
+        page_size: u32,
+        txns: &[Txn],
+        ndest: usize,
+    ) -> Result<Ready> {
+        let seg = Segment::from_txns(generation, first_txid, page_size, now_ms(), txns)?;
+        let encryption = match &self.encryption {
+            None => None,
+            Some(e) => Some(EncryptionParams {
+                salt: random()?,
+                ..e.clone()
+            }),
+        };
+        let encrypted = encryption.is_some();
+        let bytes = seg.build(WriterParams {
+            archive_id: random()?,
+            source: SourceKind::File,
+            db_name: self.db_name.clone(),
+            created_at_ms: seg.info.time_ms,
+            page_size,
+            chunk_size: cairn_core::DEFAULT_CHUNK_SIZE,
+            compression: self.compression,
+            encryption,
+        })?;
+        Ok(Ready {
+            key: segment_key(
+                generation,
+                0,
+                seg.info.min_txid,
+                seg.info.max_txid,
+                encrypted,
+            ),
+            bytes,
+            max_txid: seg.info.max_txid,
+            done: vec![false; ndest],
+        })
+    }
+
+    /// Writes `r` to every destination that lacks it; true when all have it.
+    /// An object already under the key is ours (an earlier try that got
+    /// through): only the lease holder writes this generation.
+    pub fn ship(&mut self, dests: &[Dest], r: &mut Ready) -> Result<bool> {
+        let mut first_err = None;
+        for (d, done) in dests.iter().zip(r.done.iter_mut()) {
+            if *done {
+                continue;
+            }
+            self.requests += 1;
+            match d
+                .put(&r.key, r.bytes.clone(), Cond::CreateOnly)
+                .with_context(|| format!("cannot write {}", d.describe(&r.key)))
+            {
+                Ok(Put::Written) | Ok(Put::Exists) => {
+                    *done = true;
+                    self.bytes += r.bytes.len() as u64;
+                }
+                Err(e) => {
+                    first_err.get_or_insert(e);
+                }
+            }
+        }
+        if let Some(e) = first_err {
+            return Err(e);
+        }
+        self.segments += 1;
+        Ok(true)
+    }
+}
