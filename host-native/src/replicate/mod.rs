@@ -327,6 +327,7 @@ impl Replicator<'_> {
             temp_dir: self.opts.temp_dir.clone(),
             progress: false,
             prune: None,
+            lock_timeout: crate::sources::sqlite::DEFAULT_LOCK_TIMEOUT,
         };
         if reason != "start" {
             // The file may be another one now: follow it with new connections.

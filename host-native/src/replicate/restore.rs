@@ -212,6 +212,7 @@ fn restore_generation(
             output: tmp.clone(),
             force: true,
             if_db_not_exists: false,
+            check: crate::restore::CheckMode::Auto,
             key: opts.key.clone(),
             engine: crate::engine::EngineKind::Native,
             limits: crate::sandbox::Limits::default(),
