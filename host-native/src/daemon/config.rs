@@ -654,7 +654,7 @@ fn database(
                     }
                     Ok(_) if destinations.contains(&x) => errs.push(Problem {
                         path,
-                        message: format!("{x} is listed twice"),
+                        message: format!("{} is listed twice", crate::storage::url::redact(&x)),
                     }),
                     Ok(_) => destinations.push(x),
                     Err(e) => errs.push(Problem {

@@ -155,7 +155,7 @@ async fn deliver(r: Route, ev: Event) {
                 tracing::info!(route = %r.name, database = %ev.database, status = ev.status, "notification delivered");
                 return;
             }
-            Ok(Err(e)) => last = format!("{e:#}"),
+            Ok(Err(e)) => last = crate::storage::url::redact(&format!("{e:#}")),
             Err(_) => last = format!("no answer within {}", humantime::format_duration(r.timeout)),
         }
         if attempt < attempts {
