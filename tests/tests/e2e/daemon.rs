@@ -1336,3 +1336,126 @@ fn a_dead_webhook_is_retried_then_logged_as_undeliverable() {
     );
     assert_eq!(listed(&s, &[], "backups").len(), 1);
 }
+
+/// Mail over STARTTLS with AUTH to a server whose self-signed certificate
+/// cairn trusts through `ca_file`; without it, or with a wrong password,
+/// the route is undeliverable (and logged so), never delivered in clear.
+#[test]
+fn email_over_starttls_with_auth_trusts_ca_file() {
+    let s = Scratch::new();
+    s.make_db("app.db", 50);
+    let out = std::process::Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+            "-addext",
+            "basicConstraints=critical,CA:FALSE",
+            "-keyout",
+        ])
+        .arg(s.path("key.pem"))
+        .arg("-out")
+        .arg(s.path("cert.pem"))
+        .output()
+        .expect("running openssl");
+    assert!(
+        out.status.success(),
+        "openssl: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let Some(smtp) = SmtpSink::start_secure(
+        &s.path("cert.pem"),
+        &s.path("key.pem"),
+        "cairn",
+        "smtp-Pass-77",
+    ) else {
+        return;
+    };
+    let route = |name: &str, password: &str, ca: bool| {
+        format!(
+            "[notifications.{name}]\ntype = \"email\"\non = \"both\"\nhost = \"127.0.0.1\"\nport = {}\ntls = \"starttls\"\nusername = \"cairn\"\npassword = \"{password}\"\nfrom = \"cairn@example.com\"\nto = [\"ops@example.com\"]\ntimeout = \"10s\"\nretries = 0\n{}",
+            smtp.port,
+            if ca { "ca_file = \"cert.pem\"\n" } else { "" }
+        )
+    };
+    let db = "[[databases]]\nname = \"app\"\nsource = \"app.db\"\ndestinations = [\"backups\"]\nschedule = { every = \"1h\" }\n";
+    let env = vec![("SMTP_PW".to_string(), "smtp-Pass-77".to_string())];
+    // --connect logs in over TLS.
+    write_config(&s, &format!("{}{db}", route("mail", "${SMTP_PW}", true)));
+    run_env(
+        &s,
+        &env,
+        &["config", "check", "-c", "cairn.toml", "--connect"],
+    )
+    .ok();
+    // ca_file errors name the field.
+    std::fs::write(s.path("junk.pem"), "not a certificate").unwrap();
+    write_config(
+        &s,
+        &format!(
+            "{}ca_file = \"junk.pem\"\n{}ca_file = \"nope.pem\"\n{db}",
+            route("a", "x", false),
+            route("b", "x", false)
+        ),
+    );
+    let r = s.run(&["config", "check", "-c", "cairn.toml"]);
+    assert_ne!(r.code, 0);
+    assert!(
+        r.stderr.contains("notifications.a.ca_file: ")
+            && r.stderr.contains("holds no PEM certificate"),
+        "{}",
+        r.stderr
+    );
+    assert!(
+        r.stderr.contains("notifications.b.ca_file: cannot read "),
+        "{}",
+        r.stderr
+    );
+    // One good route, one that does not trust the server, one with a wrong password.
+    write_config(
+        &s,
+        &format!(
+            "{}{}{}{db}",
+            route("mail", "${SMTP_PW}", true),
+            route("noca", "${SMTP_PW}", false),
+            route("badpw", "wrong", true)
+        ),
+    );
+    let r = run_env(&s, &env, &["run-once", "-c", "cairn.toml"]).ok();
+    let mails = smtp.messages();
+    assert_eq!(mails.len(), 1, "{mails:?}\n{}", r.stderr);
+    assert!(mails[0].contains("X-Sink-TLS: yes"), "{}", mails[0]);
+    assert!(mails[0].contains("X-Sink-Auth: cairn"), "{}", mails[0]);
+    assert!(
+        mails[0].contains("Subject: cairn: backup of app succeeded"),
+        "{}",
+        mails[0]
+    );
+    let undeliverable: Vec<&str> = r
+        .stderr
+        .lines()
+        .filter(|l| l.contains("notification undeliverable after 1 attempts"))
+        .collect();
+    assert_eq!(undeliverable.len(), 2, "{}", r.stderr);
+    assert!(
+        undeliverable.iter().any(|l| l.contains("noca")),
+        "{}",
+        r.stderr
+    );
+    assert!(
+        undeliverable.iter().any(|l| l.contains("badpw")),
+        "{}",
+        r.stderr
+    );
+    assert!(!r.stderr.contains("smtp-Pass-77"));
+}
