@@ -686,6 +686,22 @@ pub struct SmtpSink {
 
 impl SmtpSink {
     pub fn start() -> Option<SmtpSink> {
+        Self::start_with(&[])
+    }
+
+    /// A sink that requires STARTTLS (with `cert`/`key`, PEM) and then AUTH
+    /// as `user`/`password`; each message records `X-Sink-TLS: yes` and
+    /// `X-Sink-Auth: USER`.
+    pub fn start_secure(cert: &Path, key: &Path, user: &str, password: &str) -> Option<SmtpSink> {
+        Self::start_with(&[
+            cert.as_os_str(),
+            key.as_os_str(),
+            user.as_ref(),
+            password.as_ref(),
+        ])
+    }
+
+    fn start_with(extra: &[&std::ffi::OsStr]) -> Option<SmtpSink> {
         let has = Command::new("python3")
             .args(["-c", "import aiosmtpd"])
             .stdout(Stdio::null())
@@ -704,7 +720,10 @@ impl SmtpSink {
         for _ in 0..START_ATTEMPTS {
             let port = free_port();
             let mut cmd = Command::new("python3");
-            cmd.arg(&script).arg(port.to_string()).arg(&mail);
+            cmd.arg(&script)
+                .arg(port.to_string())
+                .arg(&mail)
+                .args(extra);
             let mut proc = Proc::spawn(cmd, &log).expect("running python3");
             let addr = format!("127.0.0.1:{port}");
             let res = proc.wait_ready(|| {

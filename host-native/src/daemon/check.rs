@@ -76,13 +76,13 @@ fn reach(cfg: &Config, rt: &tokio::runtime::Runtime) -> Vec<Problem> {
             if let Err(e) = r {
                 out.push(Problem {
                     path: format!("databases[{i}].destinations[{j}]"),
-                    message: format!("cannot reach {d}: {e:#}"),
+                    message: crate::storage::url::redact(&format!("cannot reach {d}: {e:#}")),
                 });
             }
         }
         if let Source::Postgres(_) = db.source {
             tracing::warn!(
-                "databases[{i}].source: PostgreSQL reachability is not checked by this build"
+                "databases[{i}].source: --connect does not log in to PostgreSQL; `cairn run-once` does"
             );
         }
     }

@@ -198,6 +198,9 @@ pub struct Smtp {
     pub password: Option<Secret>,
     pub from: String,
     pub to: Vec<String>,
+    /// `ca_file`: PEM certificates trusted besides the built-in roots (a
+    /// private CA or a self-signed server), read and checked at load.
+    pub ca_pem: Option<Vec<u8>>,
 }
 
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(6 * 3600);
@@ -329,7 +332,7 @@ fn parse_inner(
             let path = format!("notifications.{name}");
             match v.as_table() {
                 Some(t) => {
-                    if let Some(r) = route(name, Obj::new(path, t), errs) {
+                    if let Some(r) = route(name, Obj::new(path, t), &base, errs) {
                         routes.push(r);
                     }
                 }
@@ -395,7 +398,7 @@ fn parse_inner(
     })
 }
 
-fn route(name: &str, mut o: Obj<'_>, errs: &mut Vec<Problem>) -> Option<Route> {
+fn route(name: &str, mut o: Obj<'_>, base: &Path, errs: &mut Vec<Problem>) -> Option<Route> {
     let n0 = errs.len();
     if !valid_name(name) {
         errs.push(Problem {
@@ -438,7 +441,7 @@ fn route(name: &str, mut o: Obj<'_>, errs: &mut Vec<Problem>) -> Option<Route> {
         .map_or(DEFAULT_RETRIES, |n| n as u32);
     let kind = match o.string("type", errs).as_deref() {
         Some("webhook") => webhook(&mut o, errs),
-        Some("email") => email(&mut o, errs),
+        Some("email") => email(&mut o, base, errs),
         Some(other) => {
             o.err(
                 "type",
@@ -514,7 +517,7 @@ fn webhook(o: &mut Obj<'_>, errs: &mut Vec<Problem>) -> Option<RouteKind> {
     })
 }
 
-fn email(o: &mut Obj<'_>, errs: &mut Vec<Problem>) -> Option<RouteKind> {
+fn email(o: &mut Obj<'_>, base: &Path, errs: &mut Vec<Problem>) -> Option<RouteKind> {
     let host = o.required_expanded("host", errs);
     let tls = match o.string("tls", errs).as_deref() {
         None | Some("starttls") => Tls::Starttls,
@@ -535,6 +538,30 @@ fn email(o: &mut Obj<'_>, errs: &mut Vec<Problem>) -> Option<RouteKind> {
     );
     let username = o.expanded("username", errs);
     let password = o.expanded("password", errs).map(Secret::new);
+    let ca_pem = o.path("ca_file", base, errs).and_then(|p| {
+        let read = std::fs::read(&p)
+            .map_err(|e| format!("cannot read {}: {e}", p.display()))
+            .and_then(|b| {
+                lettre::transport::smtp::client::Certificate::from_pem(&b)
+                    .map(|_| b)
+                    .map_err(|_| format!("{} holds no PEM certificate", p.display()))
+            });
+        match read {
+            Ok(b) if tls == Tls::None => {
+                o.err(
+                    "ca_file",
+                    "applies to tls = \"implicit\" or \"starttls\" only".into(),
+                    errs,
+                );
+                Some(b)
+            }
+            Ok(b) => Some(b),
+            Err(e) => {
+                o.err("ca_file", e, errs);
+                None
+            }
+        }
+    });
     match (&username, &password) {
         (Some(_), None) => o.err(
             "password",
@@ -592,6 +619,7 @@ fn email(o: &mut Obj<'_>, errs: &mut Vec<Problem>) -> Option<RouteKind> {
         password,
         from: from?,
         to,
+        ca_pem,
     }))
 }
 
@@ -656,7 +684,7 @@ fn database(
                     }
                     Ok(_) if destinations.contains(&x) => errs.push(Problem {
                         path,
-                        message: format!("{x} is listed twice"),
+                        message: format!("{} is listed twice", crate::storage::url::redact(&x)),
                     }),
                     Ok(_) => destinations.push(x),
                     Err(e) => errs.push(Problem {

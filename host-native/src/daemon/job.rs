@@ -16,6 +16,7 @@ use super::config::{self, Config, Database};
 use crate::backup::{self, BackupOptions};
 use crate::cli;
 use crate::engine::EngineKind;
+use crate::storage::url::redact;
 use crate::verify::{self, VerifyOptions};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -53,7 +54,7 @@ pub struct Outcome {
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct DestOutcome {
-    /// As written in the config (expanded).
+    /// As written in the config (expanded), its password redacted.
     pub destination: String,
     pub ok: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -70,7 +71,8 @@ impl Outcome {
     pub fn failed(error: impl Into<String>) -> Outcome {
         Outcome {
             ok: false,
-            error: Some(error.into()),
+            // It reaches the state file, notifications and the log.
+            error: Some(redact(&error.into())),
             ..Outcome::default()
         }
     }
@@ -150,8 +152,8 @@ pub fn run_backup(cfg: &Config, db: &Database, rt: &Runtime) -> Result<Outcome> 
             }
             Err(e) => {
                 slots[i] = Some(DestOutcome {
-                    destination: d.clone(),
-                    error: Some(format!("{e:#}")),
+                    destination: redact(d),
+                    error: Some(redact(&format!("{e:#}"))),
                     ..DestOutcome::default()
                 })
             }
@@ -167,7 +169,7 @@ pub fn run_backup(cfg: &Config, db: &Database, rt: &Runtime) -> Result<Outcome> 
                     // Backed up, but the prune after it failed: a failure to report.
                     let prune_err = d.error.clone().filter(|_| d.ok);
                     slots[i] = Some(DestOutcome {
-                        destination: db.destinations[i].clone(),
+                        destination: redact(&db.destinations[i]),
                         ok: d.ok && prune_err.is_none(),
                         error: if d.ok { prune_err } else { d.error.clone() },
                         bytes: if d.ok { r.stored_size } else { 0 },
@@ -177,11 +179,11 @@ pub fn run_backup(cfg: &Config, db: &Database, rt: &Runtime) -> Result<Outcome> 
             }
             Err(e) => {
                 // A failure of the source or of every destination.
-                let msg = format!("{e:#}");
+                let msg = redact(&format!("{e:#}"));
                 outcome.error = Some(msg.clone());
                 for &i in &opened {
                     slots[i] = Some(DestOutcome {
-                        destination: db.destinations[i].clone(),
+                        destination: redact(&db.destinations[i]),
                         error: Some(msg.clone()),
                         ..DestOutcome::default()
                     });
@@ -223,25 +225,25 @@ pub fn run_drill(cfg: &Config, db: &Database, rt: &Runtime) -> Result<Outcome> {
         let one = match r {
             Ok(results) => match results.into_iter().next() {
                 Some(v) => DestOutcome {
-                    destination: d.clone(),
+                    destination: redact(d),
                     ok: v.ok,
-                    error: v.error,
+                    error: v.error.map(|e| redact(&e)),
                     bytes: v.size,
                     id: Some(v.id),
                 },
                 None => DestOutcome {
-                    destination: d.clone(),
+                    destination: redact(d),
                     error: Some("no backup to check".into()),
                     ..DestOutcome::default()
                 },
             },
             Err(e) => DestOutcome {
-                destination: d.clone(),
-                error: Some(format!("{e:#}")),
+                destination: redact(d),
+                error: Some(redact(&format!("{e:#}"))),
                 ..DestOutcome::default()
             },
         };
-        tracing::debug!(destination = %d, ok = one.ok, seconds = started.elapsed().as_secs_f64(), "drill checked");
+        tracing::debug!(destination = %redact(d), ok = one.ok, seconds = started.elapsed().as_secs_f64(), "drill checked");
         outcome.destinations.push(one);
     }
     Ok(outcome.settle())

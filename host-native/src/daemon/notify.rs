@@ -155,7 +155,7 @@ async fn deliver(r: Route, ev: Event) {
                 tracing::info!(route = %r.name, database = %ev.database, status = ev.status, "notification delivered");
                 return;
             }
-            Ok(Err(e)) => last = format!("{e:#}"),
+            Ok(Err(e)) => last = crate::storage::url::redact(&format!("{e:#}")),
             Err(_) => last = format!("no answer within {}", humantime::format_duration(r.timeout)),
         }
         if attempt < attempts {
@@ -222,10 +222,22 @@ fn smtp_transport(
 ) -> Result<lettre::AsyncSmtpTransport<lettre::Tokio1Executor>> {
     use lettre::AsyncSmtpTransport as T;
     use lettre::transport::smtp::authentication::Credentials;
-    let b = match s.tls {
-        Tls::Implicit => T::<lettre::Tokio1Executor>::relay(&s.host)?,
-        Tls::Starttls => T::<lettre::Tokio1Executor>::starttls_relay(&s.host)?,
-        Tls::None => T::<lettre::Tokio1Executor>::builder_dangerous(&s.host),
+    use lettre::transport::smtp::client::{Certificate, Tls as L, TlsParameters};
+    let b = match (&s.tls, &s.ca_pem) {
+        (Tls::Implicit, None) => T::<lettre::Tokio1Executor>::relay(&s.host)?,
+        (Tls::Starttls, None) => T::<lettre::Tokio1Executor>::starttls_relay(&s.host)?,
+        (Tls::None, _) => T::<lettre::Tokio1Executor>::builder_dangerous(&s.host),
+        (tls, Some(pem)) => {
+            // The built-in roots plus ca_file's; the host name is still checked.
+            let p = TlsParameters::builder(s.host.clone())
+                .add_root_certificate(Certificate::from_pem(pem)?)
+                .build()?;
+            let b = T::<lettre::Tokio1Executor>::builder_dangerous(&s.host);
+            match tls {
+                Tls::Implicit => b.tls(L::Wrapper(p)),
+                _ => b.tls(L::Required(p)),
+            }
+        }
     };
     let mut b = b.port(s.port).timeout(Some(timeout));
     if let (Some(u), Some(p)) = (&s.username, &s.password) {

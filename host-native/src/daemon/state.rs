@@ -34,7 +34,8 @@ pub struct DbState {
     /// When the last restore drill started.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_drill_start_ms: Option<i64>,
-    /// Per destination (as written in the config, expanded).
+    /// Per destination (as written in the config, expanded, its password
+    /// redacted: this file must hold no secret).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub drills: BTreeMap<String, DrillState>,
 }

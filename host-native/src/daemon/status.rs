@@ -12,6 +12,7 @@ use super::config::{Config, Database, Source};
 use super::schedule::rfc3339;
 use super::{serve, state};
 use crate::storage::now_ms;
+use crate::storage::url::redact;
 use crate::{cli, repo};
 
 #[derive(Serialize)]
@@ -106,11 +107,12 @@ fn status(cfg: &Config, st: &state::State, rt: &tokio::runtime::Runtime) -> Vec<
                 .map(|dest| {
                     let (newest, error) = match newest(db, dest, rt) {
                         Ok(n) => (n, None),
-                        Err(e) => (None, Some(format!("{e:#}"))),
+                        Err(e) => (None, Some(redact(&format!("{e:#}")))),
                     };
-                    let drill = s.drills.get(dest).cloned().unwrap_or_default();
+                    // Outcomes (and so the drill records) carry the redacted URL.
+                    let drill = s.drills.get(&redact(dest)).cloned().unwrap_or_default();
                     DestStatus {
-                        destination: dest.clone(),
+                        destination: redact(dest),
                         newest,
                         error,
                         last_drill_pass: drill.last_pass_ms.map(rfc3339),

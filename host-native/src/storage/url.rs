@@ -1,6 +1,7 @@
 //! Destination URLs: a local path or `file://`, `s3://bucket/prefix?…`,
 //! `sftp://user@host[:port]/path?…`. Parsing only; every error names the
-//! URL and the part that is wrong.
+//! URL (through [`redact`]: never with a password in it) and the part that
+//! is wrong.
 
 use std::path::PathBuf;
 
@@ -47,8 +48,9 @@ pub struct SftpConfig {
 
 impl Location {
     /// Parses a destination argument. Anything without `scheme://` is a local path.
-    pub fn parse(s: &str) -> Result<Location> {
-        let Some((scheme, _)) = s.split_once("://") else {
+    pub fn parse(raw: &str) -> Result<Location> {
+        let Some((scheme, _)) = raw.split_once("://") else {
+            let s = raw;
             if s.is_empty() {
                 bail!(
                     "the destination is empty: give a directory, s3://bucket/prefix or sftp://user@host/path"
@@ -56,8 +58,10 @@ impl Location {
             }
             return Ok(Location::Local(PathBuf::from(s)));
         };
+        // Messages echo the URL: only ever its redacted form.
+        let s = &redact(raw);
         let u =
-            url::Url::parse(s).map_err(|e| anyhow!("destination {s} is not a valid URL: {e}"))?;
+            url::Url::parse(raw).map_err(|e| anyhow!("destination {s} is not a valid URL: {e}"))?;
         match scheme {
             "file" => {
                 let p = u
@@ -91,6 +95,88 @@ impl Location {
     }
 }
 
+/// Query keys whose values are secrets (a signed URL's signature, a
+/// token); matched case-insensitively on the key, also as a suffix
+/// (`aws_secret_access_key`, `X-Amz-Signature`).
+const SECRET_KEYS: &[&str] = &[
+    "password",
+    "passwd",
+    "pass",
+    "pw",
+    "secret",
+    "secret_key",
+    "secret_access_key",
+    "access_key",
+    "token",
+    "session_token",
+    "signature",
+    "sig",
+    "credential",
+    "credentials",
+    "apikey",
+    "api_key",
+];
+
+fn is_secret_key(k: &str) -> bool {
+    let k = k.to_ascii_lowercase();
+    SECRET_KEYS
+        .iter()
+        .any(|s| k == *s || k.ends_with(&format!("_{s}")) || k.ends_with(&format!("-{s}")))
+}
+
+/// `s` with every URL password (`scheme://user:PASSWORD@host`, also inside
+/// a query value such as `endpoint=http://u:p@h`) and every secret-bearing
+/// query value (`?token=…`, `&X-Amz-Signature=…`) replaced by `***`. For
+/// every message, report and log line that echoes a location: works on
+/// any text, parseable URL or not.
+pub fn redact(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    // Userinfo passwords, wherever a `://` appears.
+    while let Some(i) = rest.find("://") {
+        let start = i + 3;
+        out.push_str(&rest[..start]);
+        let after = &rest[start..];
+        let end = after
+            .find(|c: char| matches!(c, '/' | '?' | '#' | '&') || c.is_whitespace())
+            .unwrap_or(after.len());
+        let auth = &after[..end];
+        match auth
+            .rfind('@')
+            .and_then(|at| auth[..at].find(':').map(|c| (c, at)))
+        {
+            Some((colon, at)) => {
+                out.push_str(&auth[..colon]);
+                out.push_str(":***");
+                out.push_str(&auth[at..]);
+            }
+            None => out.push_str(auth),
+        }
+        rest = &after[end..];
+    }
+    out.push_str(rest);
+    // Secret query values: `key=value` after a `?` or `&`.
+    let mut done = String::with_capacity(out.len());
+    let mut rest = out.as_str();
+    while let Some(i) = rest.find(['?', '&']) {
+        done.push_str(&rest[..=i]);
+        let after = &rest[i + 1..];
+        let end = after
+            .find(|c: char| matches!(c, '&' | '#') || c.is_whitespace())
+            .unwrap_or(after.len());
+        match after[..end].split_once('=') {
+            Some((k, v)) if is_secret_key(k) && !v.is_empty() => {
+                done.push_str(k);
+                done.push_str("=***");
+            }
+            _ => done.push_str(&after[..end]),
+        }
+        rest = &after[end..];
+    }
+    done.push_str(rest);
+    done
+}
+
 fn truthy(url: &str, key: &str, v: &str) -> Result<bool> {
     match v {
         "true" | "1" | "yes" => Ok(true),
@@ -117,6 +203,11 @@ fn parse_s3(s: &str, u: &url::Url) -> Result<S3Config> {
     let bucket = u.host_str().unwrap_or_default().to_string();
     if bucket.is_empty() {
         bail!("destination {s}: no bucket; write s3://BUCKET/prefix");
+    }
+    if !u.username().is_empty() || u.password().is_some() {
+        bail!(
+            "destination {s}: credentials in s3:// URLs are not supported; set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or profile=NAME"
+        );
     }
     let mut prefix = u.path().trim_start_matches('/').to_string();
     if !prefix.is_empty() && !prefix.ends_with('/') {
@@ -257,10 +348,64 @@ mod tests {
             ("s3://b/p?color=red", "unknown option \"color\""),
             ("s3://b/p?parts=0", "parts=0 is out of range"),
             ("sftp://me:pw@h/x", "passwords"),
+            ("s3://me:pw@b/p", "credentials in s3:// URLs"),
             ("sftp://me@h/", "no directory"),
         ] {
             let e = Location::parse(url).unwrap_err().to_string();
             assert!(e.contains(needle), "{url}: {e}");
+        }
+    }
+
+    #[test]
+    fn errors_never_echo_a_password() {
+        const PW: &str = "hunter2-Sekr3t";
+        for url in [
+            format!("sftp://me:{PW}@h/x"),
+            format!("sftp://me:{PW}@/x"),
+            format!("sftp://me:{PW}@h/x?color=red"),
+            format!("s3://me:{PW}@b/p?color=red"),
+            format!("s3://b/p?endpoint=http://u:{PW}@127.0.0.1:9&parts=0"),
+            format!("s3://b/p?token={PW}"),
+            format!("s3://b/p?region=x&X-Amz-Signature={PW}&path_style=maybe"),
+            format!("s4://me:{PW}@h/x"),
+            format!("sftp://me:{PW}@h:99999/x"),
+            format!("file://me:{PW}@h/x"),
+        ] {
+            let e = format!("{:#}", Location::parse(&url).unwrap_err());
+            assert!(!e.contains(PW), "{url}: {e}");
+            assert!(e.contains("***") || !url.contains('@'), "{url}: {e}");
+        }
+    }
+
+    #[test]
+    fn redact_masks_passwords_and_secret_query_values_only() {
+        for (input, want) in [
+            ("sftp://me:pw@h/x", "sftp://me:***@h/x"),
+            ("sftp://me@h/x", "sftp://me@h/x"),
+            (
+                "postgres://u:p%40ss@h:5432/db",
+                "postgres://u:***@h:5432/db",
+            ),
+            ("https://u:a@b@h/x", "https://u:***@h/x"),
+            (
+                "s3://b/p?endpoint=http://k:s@h:9&region=eu",
+                "s3://b/p?endpoint=http://k:***@h:9&region=eu",
+            ),
+            (
+                "s3://b/p?token=abc&region=eu&aws_secret_access_key=zz",
+                "s3://b/p?token=***&region=eu&aws_secret_access_key=***",
+            ),
+            (
+                "cannot reach sftp://a:b@h/x: refused",
+                "cannot reach sftp://a:***@h/x: refused",
+            ),
+            ("/srv/backups?x", "/srv/backups?x"),
+            (
+                "sftp://me@h/x?key=/k/id_ed25519",
+                "sftp://me@h/x?key=/k/id_ed25519",
+            ),
+        ] {
+            assert_eq!(redact(input), want, "{input}");
         }
     }
 }

@@ -780,3 +780,682 @@ fn import_litestream_writes_a_config_that_checks_and_says_what_it_left_out() {
     s.run(&["run-once", "-c", "cairn.toml"]).ok();
     assert_eq!(listed(&s, &[], "replica").len(), 1);
 }
+
+/// A URL password given through `${VAR}` never reaches any output: not
+/// `config check` (text or JSON), not the daemon's refusal, not run-once,
+/// status, the state file, the log, or a notification.
+#[test]
+fn url_passwords_are_never_printed() {
+    const PW: &str = "Pw-Secret-93xz";
+    let hook = HttpSink::start(200);
+    let s = Scratch::new();
+    s.make_db("app.db", 50);
+    let env: Vec<(String, String)> = vec![
+        ("SFTP_PW".into(), PW.into()),
+        ("AWS_ACCESS_KEY_ID".into(), "test".into()),
+        ("AWS_SECRET_ACCESS_KEY".into(), "test".into()),
+        ("AWS_EC2_METADATA_DISABLED".into(), "true".into()),
+    ];
+    // Refused outright: a password in an sftp:// URL, credentials in s3://,
+    // and a secret query value beside a bad option.
+    write_config(
+        &s,
+        r#"
+[[databases]]
+name = "app"
+source = "app.db"
+destinations = ["sftp://me:${SFTP_PW}@127.0.0.1/x", "s3://me:${SFTP_PW}@bucket/x", "s3://bucket/y?parts=0&token=${SFTP_PW}"]
+schedule = { every = "1h" }
+"#,
+    );
+    let r = run_env(&s, &env, &["config", "check", "-c", "cairn.toml"]);
+    assert_ne!(r.code, 0);
+    for e in [
+        "databases[0].destinations[0]: destination sftp://me:***@127.0.0.1/x: passwords in sftp:// URLs are not supported",
+        "databases[0].destinations[1]: destination s3://me:***@bucket/x: credentials in s3:// URLs are not supported",
+        "databases[0].destinations[2]: destination s3://bucket/y?parts=0&token=***: parts=0 is out of range",
+    ] {
+        assert!(r.stderr.contains(e), "missing {e:?} in:\n{}", r.stderr);
+    }
+    let j = run_env(&s, &env, &["config", "check", "-c", "cairn.toml", "--json"]);
+    assert!(j.stdout.contains("sftp://me:***@"), "{}", j.stdout);
+    let d = run_env(&s, &env, &["daemon", "-c", "cairn.toml"]);
+    assert_ne!(d.code, 0);
+    for out in [
+        &r.stdout, &r.stderr, &j.stdout, &j.stderr, &d.stdout, &d.stderr,
+    ] {
+        assert!(!out.contains(PW), "the password was printed:\n{out}");
+    }
+    // Accepted but unreachable: an S3 endpoint with a password in it.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = dead.local_addr().unwrap().port();
+    drop(dead);
+    write_config(
+        &s,
+        &format!(
+            r#"
+[daemon]
+state_dir = "state"
+[notifications.hook]
+type = "webhook"
+url = "{}"
+[[databases]]
+name = "app"
+source = "app.db"
+destinations = ["backups", "s3://bucket/x?endpoint=http://k:${{SFTP_PW}}@127.0.0.1:{port}&path_style=true"]
+schedule = {{ every = "1h" }}
+"#,
+            hook.url("/h")
+        ),
+    );
+    let c = run_env(
+        &s,
+        &env,
+        &["config", "check", "-c", "cairn.toml", "--connect"],
+    );
+    assert_ne!(c.code, 0, "{}", c.stderr);
+    assert!(
+        c.stderr
+            .contains("databases[0].destinations[1]: cannot reach"),
+        "{}",
+        c.stderr
+    );
+    let once = run_env(&s, &env, &["run-once", "-c", "cairn.toml"]);
+    assert_ne!(once.code, 0);
+    assert!(once.stdout.contains("FAILED  app"), "{}", once.stdout);
+    let st = run_env(&s, &env, &["status", "-c", "cairn.toml", "--json"]).ok();
+    let st_text = run_env(&s, &env, &["status", "-c", "cairn.toml"]).ok();
+    assert!(st.stdout.contains("k:***@127.0.0.1"), "{}", st.stdout);
+    let state = String::from_utf8(s.read("state/state.json")).unwrap();
+    let bodies: Vec<String> = hook
+        .requests()
+        .iter()
+        .map(|r| r.json().to_string())
+        .collect();
+    assert_eq!(bodies.len(), 1, "{bodies:?}");
+    for out in [
+        &c.stdout,
+        &c.stderr,
+        &once.stdout,
+        &once.stderr,
+        &st.stdout,
+        &st.stderr,
+        &st_text.stdout,
+        &state,
+        &bodies[0],
+    ] {
+        assert!(!out.contains(PW), "the password was printed:\n{out}");
+    }
+}
+
+/// Issue #12 from the daemon's config: a PostgreSQL and a SQLite database
+/// into one destination by `run-once`, both in `status`, and the
+/// PostgreSQL backup restored into a new database.
+#[test]
+fn run_once_backs_up_postgres_and_sqlite_into_one_destination_and_restores() {
+    use cairn_e2e::postgres::{PASSWORD, PgServer, USER};
+    let Some(pg) = PgServer::start() else { return };
+    pg.pgbench_init("shop", 1);
+    let s = Scratch::new();
+    s.make_db("app.db", 400);
+    write_config(
+        &s,
+        &format!(
+            r#"
+[daemon]
+state_dir = "state"
+[[databases]]
+name = "shop"
+source = {{ type = "postgres", host = "127.0.0.1", port = {}, database = "shop", user = "{USER}", password = "${{SHOP_PW}}", sslmode = "disable" }}
+destinations = ["backups"]
+schedule = {{ cron = "0 3 * * *" }}
+retention = {{ keep_last = 3 }}
+[[databases]]
+name = "app"
+source = "app.db"
+destinations = ["backups"]
+schedule = {{ cron = "0 4 * * *" }}
+"#,
+            pg.port
+        ),
+    );
+    let env = vec![("SHOP_PW".to_string(), PASSWORD.to_string())];
+    run_env(&s, &env, &["config", "check", "-c", "cairn.toml"]).ok();
+    let r = run_env(&s, &env, &["run-once", "-c", "cairn.toml", "--json"]).ok();
+    assert!(!r.stdout.contains(PASSWORD) && !r.stderr.contains(PASSWORD));
+    let st = run_env(&s, &env, &["status", "-c", "cairn.toml", "--json"]).ok();
+    assert!(!st.stdout.contains(PASSWORD), "{}", st.stdout);
+    let st: serde_json::Value = serde_json::from_str(&st.stdout).unwrap();
+    let dbs = st.as_array().unwrap();
+    assert_eq!(dbs.len(), 2, "{st}");
+    for db in dbs {
+        assert!(db["last_success"]["time"].is_string(), "{db}");
+        let newest = &db["destinations"][0]["newest"];
+        assert!(newest["stored_size"].as_u64().unwrap() > 0, "{db}");
+    }
+    assert_eq!(dbs[0]["database"], "shop");
+    assert_eq!(
+        dbs[0]["source"],
+        format!("postgres://{USER}@127.0.0.1:{}/shop", pg.port)
+    );
+    assert_ne!(
+        dbs[0]["destinations"][0]["newest"]["id"],
+        dbs[1]["destinations"][0]["newest"]["id"]
+    );
+    let list: serde_json::Value =
+        serde_json::from_str(&s.run(&["list", "backups", "--json"]).ok().stdout).unwrap();
+    let newest = list["newest"].as_object().unwrap();
+    assert!(
+        newest.contains_key("app.db") && newest.contains_key(&pg.catalog_name("shop")),
+        "{list}"
+    );
+    // Restored from the daemon's destination into a fresh database.
+    s.run(&[
+        "restore",
+        "backups",
+        "--db",
+        &pg.catalog_name("shop"),
+        "--to",
+        &pg.url("shop_copy"),
+        "--create",
+    ])
+    .ok();
+    let q = "SELECT count(*) || ' ' || sum(abalance) FROM pgbench_accounts";
+    assert_eq!(pg.psql("shop_copy", q), pg.psql("shop", q));
+    assert_eq!(pg.psql("shop_copy", q).split(' ').next(), Some("100000"));
+    s.run(&["restore", "backups", "--db", "app.db", "-o", "back.db"])
+        .ok();
+    assert_eq!(count_rows(&s.path("back.db")), 400);
+}
+
+/// `(start_ms, end_ms)` of each database's last successful backup, from the state file.
+fn run_span(s: &Scratch, db: &str) -> (i64, i64) {
+    let st: serde_json::Value = serde_json::from_slice(&s.read("state/state.json")).unwrap();
+    let run = &st["databases"][db]["last_success"];
+    let end = run["time_ms"].as_i64().unwrap_or_else(|| panic!("{st}"));
+    let secs = run["seconds"].as_f64().unwrap();
+    (end - (secs * 1000.0) as i64, end)
+}
+
+/// The daemon's JSON log lines (a `log_format = "json"` daemon), each parsed.
+fn json_lines(log: &str) -> Vec<serde_json::Value> {
+    log.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l:?}")))
+        .collect()
+}
+
+#[test]
+fn a_run_still_going_when_the_next_is_due_is_skipped_and_logged() {
+    let Some(srv) = S3Server::s3s_fs() else {
+        return;
+    };
+    let proxy = FaultProxy::start(srv.addr());
+    let s = Scratch::new();
+    s.make_db("app.db", 300);
+    let dest = slow_s3(&srv, &proxy, "overlap", Duration::from_secs(4));
+    write_config(
+        &s,
+        &format!(
+            "[daemon]\nstate_dir = \"state\"\nmax_parallel = 4\nlog_format = \"json\"\n[[databases]]\nname = \"app\"\nsource = \"app.db\"\ndestinations = [\"{dest}\"]\nschedule = {{ every = \"1s\" }}\n"
+        ),
+    );
+    let env = srv.env();
+    let mut d = Daemon::start(&s, &env);
+    wait_for("two finished runs", Duration::from_secs(60), || {
+        d.log().matches("backup succeeded").count() >= 2
+    });
+    d.signal(libc::SIGTERM);
+    assert_eq!(d.wait(Duration::from_secs(60)), 0, "{}", d.log());
+    let log = d.log();
+    // Never two at once: starts and ends of the backup job alternate, and
+    // the slots that fell due meanwhile were skipped (and said so).
+    let mut running = false;
+    let (mut starts, mut skips) = (0, 0);
+    for l in json_lines(&log) {
+        if l["database"] != "app" {
+            continue;
+        }
+        let m = l["message"].as_str().unwrap_or_default();
+        if m == "backup started" {
+            assert!(!running, "a second run started while one was going:\n{log}");
+            running = true;
+            starts += 1;
+        } else if m == "backup succeeded" || m.starts_with("backup failed") {
+            assert!(running, "a run ended that never started:\n{log}");
+            running = false;
+        } else if m.starts_with("skipped: the previous run") {
+            assert!(running, "skipped with nothing running:\n{log}");
+            assert_eq!(l["level"], "WARN", "{l}");
+            skips += 1;
+        }
+    }
+    // Each run holds a 4 s upload over 1 s slots.
+    assert!(
+        starts >= 2 && skips >= 2 * (starts - 1),
+        "{starts} starts, {skips} skips:\n{log}"
+    );
+    proxy.clear();
+    assert_eq!(listed(&s, &env, &srv.url("overlap")).len(), starts);
+}
+
+#[test]
+fn max_parallel_1_runs_two_due_databases_one_after_the_other() {
+    let Some(srv) = S3Server::s3s_fs() else {
+        return;
+    };
+    let proxy = FaultProxy::start(srv.addr());
+    let s = Scratch::new();
+    s.make_db("a.db", 200);
+    s.make_db("b.db", 200);
+    proxy.inject(
+        Some("PUT"),
+        Some("snapshots/"),
+        Fault::Delay(Duration::from_secs(2)),
+        1000,
+    );
+    let (da, db) = (srv.url_via(&proxy, "par/a"), srv.url_via(&proxy, "par/b"));
+    write_config(
+        &s,
+        &format!(
+            "[daemon]\nstate_dir = \"state\"\nmax_parallel = 1\n[[databases]]\nname = \"a\"\nsource = \"a.db\"\ndestinations = [\"{da}\"]\nschedule = {{ every = \"1h\" }}\n[[databases]]\nname = \"b\"\nsource = \"b.db\"\ndestinations = [\"{db}\"]\nschedule = {{ every = \"1h\" }}\n"
+        ),
+    );
+    let env = srv.env();
+    let mut d = Daemon::start(&s, &env);
+    wait_for("both runs to succeed", Duration::from_secs(60), || {
+        std::fs::read_to_string(s.path("state/state.json"))
+            .is_ok_and(|st| st.matches("last_success").count() == 2)
+    });
+    d.signal(libc::SIGTERM);
+    assert_eq!(d.wait(Duration::from_secs(60)), 0, "{}", d.log());
+    let log = d.log();
+    assert!(
+        log.contains("due; waiting for a free slot (max_parallel = 1)"),
+        "{log}"
+    );
+    let (a, b) = (run_span(&s, "a"), run_span(&s, "b"));
+    // Each took the 2 s upload; one began after the other ended.
+    assert!(a.1 - a.0 >= 1900 && b.1 - b.0 >= 1900, "{a:?} {b:?}");
+    assert!(
+        a.1 <= b.0 + 50 || b.1 <= a.0 + 50,
+        "the runs overlapped: a {a:?}, b {b:?}"
+    );
+}
+
+#[test]
+fn sigint_is_like_sigterm_and_a_second_one_stops_the_run_at_once() {
+    let Some(srv) = S3Server::s3s_fs() else {
+        return;
+    };
+    let proxy = FaultProxy::start(srv.addr());
+    let hook = HttpSink::start(200);
+    let s = Scratch::new();
+    s.make_db("app.db", 500);
+    let dest = slow_s3(&srv, &proxy, "int", Duration::from_secs(30));
+    write_config(
+        &s,
+        &format!(
+            "[daemon]\nstate_dir = \"state\"\nshutdown_grace = \"60s\"\n[notifications.hook]\ntype = \"webhook\"\nurl = \"{}\"\n[[databases]]\nname = \"app\"\nsource = \"app.db\"\ndestinations = [\"{dest}\"]\nschedule = {{ every = \"1h\" }}\n",
+            hook.url("/")
+        ),
+    );
+    let env = srv.env();
+    let mut d = Daemon::start(&s, &env);
+    wait_for("the archive upload", Duration::from_secs(30), || {
+        proxy
+            .requests()
+            .iter()
+            .any(|(m, p)| m == "PUT" && p.contains("snapshots/"))
+    });
+    d.signal(libc::SIGINT);
+    wait_for("the grace period to begin", Duration::from_secs(10), || {
+        d.log().contains("letting running jobs finish")
+    });
+    // The grace period holds the exit while the run goes on.
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(d.child.try_wait().unwrap().is_none(), "{}", d.log());
+    assert!(d.log().contains("SIGINT received"), "{}", d.log());
+    let t = Instant::now();
+    d.signal(libc::SIGINT);
+    assert_eq!(d.wait(Duration::from_secs(30)), 0, "{}", d.log());
+    assert!(
+        t.elapsed() < Duration::from_secs(20),
+        "it waited for the upload"
+    );
+    assert!(
+        d.log()
+            .contains("second signal: stopping the running jobs now")
+    );
+    proxy.clear();
+    assert!(listed(&s, &env, &srv.url("int")).is_empty());
+    let fails = hooks(&hook, "app", "failure");
+    assert_eq!(fails.len(), 1, "{:?}", hook.requests());
+}
+
+#[test]
+fn json_log_lines_parse_and_carry_their_fields() {
+    let s = Scratch::new();
+    s.make_db("app.db", 100);
+    write_config(
+        &s,
+        "[daemon]\nstate_dir = \"state\"\nlog_format = \"json\"\n[[databases]]\nname = \"app\"\nsource = \"app.db\"\ndestinations = [\"backups\"]\nschedule = { every = \"1h\" }\n",
+    );
+    let mut d = Daemon::start(&s, &[]);
+    wait_for("a backup", Duration::from_secs(30), || {
+        listed(&s, &[], "backups").len() == 1
+    });
+    wait_for("its record", Duration::from_secs(10), || {
+        std::fs::read_to_string(s.path("state/state.json"))
+            .is_ok_and(|t| t.contains("last_success"))
+    });
+    d.signal(libc::SIGTERM);
+    assert_eq!(d.wait(Duration::from_secs(30)), 0, "{}", d.log());
+    let log = d.log();
+    let lines = json_lines(&log);
+    assert!(lines.len() >= 4, "{log}");
+    for l in &lines {
+        assert!(l["timestamp"].is_string(), "{l}");
+        assert!(
+            ["ERROR", "WARN", "INFO", "DEBUG", "TRACE"]
+                .contains(&l["level"].as_str().unwrap_or("")),
+            "{l}"
+        );
+        assert!(l["message"].is_string(), "{l}");
+    }
+    let started = lines
+        .iter()
+        .find(|l| l["message"] == "cairn daemon started")
+        .unwrap_or_else(|| panic!("{log}"));
+    assert_eq!(started["databases"], 1);
+    assert!(
+        lines.iter().any(|l| l["database"] == "app"
+            && l["job"] == "backup"
+            && l["message"] == "backup started"),
+        "{log}"
+    );
+    assert!(
+        lines.iter().any(|l| l["message"] == "cairn daemon stopped"),
+        "{log}"
+    );
+}
+
+#[test]
+fn the_daemon_runs_restore_drills_on_their_own_schedule() {
+    let hook = HttpSink::start(200);
+    let s = Scratch::new();
+    s.make_db("app.db", 500);
+    write_config(
+        &s,
+        &format!(
+            "[daemon]\nstate_dir = \"state\"\nmax_parallel = 1\n[notifications.hook]\ntype = \"webhook\"\non = \"both\"\nurl = \"{}\"\n[[databases]]\nname = \"app\"\nsource = \"app.db\"\ndestinations = [\"backups\"]\nschedule = {{ every = \"1h\" }}\nverify = {{ every = \"2s\" }}\n",
+            hook.url("/")
+        ),
+    );
+    let mut d = Daemon::start(&s, &[]);
+    let drills = |status: &str| -> Vec<serde_json::Value> {
+        hook.requests()
+            .iter()
+            .map(|r| r.json())
+            .filter(|j| j["event"] == "drill" && j["status"] == status)
+            .collect()
+    };
+    wait_for("two passed drills", Duration::from_secs(60), || {
+        drills("success").len() >= 2
+    });
+    d.signal(libc::SIGTERM);
+    assert_eq!(d.wait(Duration::from_secs(30)), 0, "{}", d.log());
+    // One backup (hourly), checked again and again by the drill schedule.
+    assert_eq!(listed(&s, &[], "backups").len(), 1);
+    let id = listed(&s, &[], "backups")[0]["id"].clone();
+    for j in drills("success") {
+        assert_eq!(j["destinations"][0]["id"], id, "{j}");
+    }
+    let st: serde_json::Value =
+        serde_json::from_str(&s.run(&["status", "-c", "cairn.toml", "--json"]).ok().stdout)
+            .unwrap();
+    let dest = &st[0]["destinations"][0];
+    assert!(dest["last_drill_pass"].is_string(), "{dest}");
+    assert_eq!(dest["last_drill_pass_id"], id, "{dest}");
+}
+
+#[test]
+fn a_daemon_backs_up_to_an_sftp_destination() {
+    let Some(srv) = cairn_e2e::servers::SshServer::start() else {
+        return;
+    };
+    let hook = HttpSink::start(200);
+    let s = Scratch::new();
+    s.make_db("app.db", 300);
+    let dest = srv.url("cairn/app");
+    write_config(
+        &s,
+        &format!(
+            "[daemon]\nstate_dir = \"state\"\n[notifications.hook]\ntype = \"webhook\"\non = \"both\"\nurl = \"{}\"\n[[databases]]\nname = \"app\"\nsource = \"app.db\"\ndestinations = [\"{dest}\"]\nschedule = {{ every = \"1s\" }}\nretention = {{ keep_last = 2 }}\n",
+            hook.url("/")
+        ),
+    );
+    std::fs::create_dir_all(srv.root.join("cairn/app")).unwrap();
+    s.run(&["config", "check", "-c", "cairn.toml", "--connect"])
+        .ok();
+    let mut d = Daemon::start(&s, &[]);
+    wait_for("three backups over SFTP", Duration::from_secs(60), || {
+        hooks(&hook, "app", "success").len() >= 3
+    });
+    d.signal(libc::SIGTERM);
+    assert_eq!(d.wait(Duration::from_secs(60)), 0, "{}", d.log());
+    assert!(hooks(&hook, "app", "failure").is_empty(), "{}", d.log());
+    assert_eq!(listed(&s, &[], &dest).len(), 2, "keep_last = 2");
+    let st: serde_json::Value =
+        serde_json::from_str(&s.run(&["status", "-c", "cairn.toml", "--json"]).ok().stdout)
+            .unwrap();
+    let x = &st[0]["destinations"][0];
+    assert!(
+        x["destination"].as_str().unwrap().starts_with("sftp://"),
+        "{x}"
+    );
+    assert!(x["newest"]["stored_size"].as_u64().unwrap() > 0, "{x}");
+    s.run(&["restore", &dest, "-o", "back.db"]).ok();
+    assert_eq!(count_rows(&s.path("back.db")), 300);
+}
+
+/// examples/cairn.toml, its absolute paths moved under a temp dir, checks
+/// cleanly (sources, key files with safe modes, SMTP settings, URLs).
+#[test]
+fn the_example_config_checks_once_its_paths_are_substituted() {
+    let example = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/cairn.toml");
+    let text = std::fs::read_to_string(&example).unwrap();
+    let s = Scratch::new();
+    let root = s.path("root");
+    let r = root.display().to_string();
+    let moved = text
+        .replace("\"/srv/", &format!("\"{r}/srv/"))
+        .replace("\"/etc/", &format!("\"{r}/etc/"))
+        .replace("\"/var/", &format!("\"{r}/var/"));
+    assert_ne!(moved, text);
+    for p in ["srv/app", "srv/auth", "etc/cairn"] {
+        std::fs::create_dir_all(root.join(p)).unwrap();
+    }
+    s.make_db("root/srv/app/app.db", 10);
+    s.make_db("root/srv/auth/auth.db", 10);
+    for k in ["app", "auth"] {
+        let p = root.join(format!("etc/cairn/{k}.key"));
+        s.run(&["keygen", "-o", p.to_str().unwrap()]).ok();
+        std::fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    }
+    std::fs::write(s.path("cairn.toml"), &moved).unwrap();
+    let env = vec![
+        ("SMTP_PASSWORD".to_string(), "smtp-Secret".to_string()),
+        ("S3_BUCKET".to_string(), "backups".to_string()),
+    ];
+    let r = run_env(&s, &env, &["config", "check", "-c", "cairn.toml"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(r.stdout.contains("cairn.toml: ok"), "{}", r.stdout);
+    // Without its environment, each variable is named.
+    let r = s.run(&["config", "check", "-c", "cairn.toml"]);
+    assert_ne!(r.code, 0);
+    assert!(r.stderr.contains("S3_BUCKET is not set"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("SMTP_PASSWORD is not set"),
+        "{}",
+        r.stderr
+    );
+    assert!(!r.stderr.contains("smtp-Secret"));
+}
+
+/// A webhook that refuses connections: each retry logged, then one
+/// "undeliverable" line with the attempt count; run-once still returns.
+#[test]
+fn a_dead_webhook_is_retried_then_logged_as_undeliverable() {
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = dead.local_addr().unwrap().port();
+    drop(dead);
+    let s = Scratch::new();
+    s.make_db("app.db", 50);
+    write_config(
+        &s,
+        &format!(
+            "[notifications.dead]\ntype = \"webhook\"\non = \"both\"\nurl = \"http://127.0.0.1:{port}/hook\"\ntimeout = \"2s\"\nretries = 2\n[[databases]]\nname = \"app\"\nsource = \"app.db\"\ndestinations = [\"backups\"]\nschedule = {{ every = \"1h\" }}\n"
+        ),
+    );
+    let t = Instant::now();
+    let r = s.run(&["run-once", "-c", "cairn.toml"]).ok();
+    assert!(t.elapsed() < Duration::from_secs(30));
+    let retried = r
+        .stderr
+        .matches("notification not delivered, retrying")
+        .count();
+    assert_eq!(retried, 2, "{}", r.stderr);
+    assert_eq!(
+        r.stderr
+            .matches("notification undeliverable after 3 attempts")
+            .count(),
+        1,
+        "{}",
+        r.stderr
+    );
+    assert_eq!(listed(&s, &[], "backups").len(), 1);
+}
+
+/// Mail over STARTTLS with AUTH to a server whose self-signed certificate
+/// cairn trusts through `ca_file`; without it, or with a wrong password,
+/// the route is undeliverable (and logged so), never delivered in clear.
+#[test]
+fn email_over_starttls_with_auth_trusts_ca_file() {
+    let s = Scratch::new();
+    s.make_db("app.db", 50);
+    let out = std::process::Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+            "-addext",
+            "basicConstraints=critical,CA:FALSE",
+            "-keyout",
+        ])
+        .arg(s.path("key.pem"))
+        .arg("-out")
+        .arg(s.path("cert.pem"))
+        .output()
+        .expect("running openssl");
+    assert!(
+        out.status.success(),
+        "openssl: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let Some(smtp) = SmtpSink::start_secure(
+        &s.path("cert.pem"),
+        &s.path("key.pem"),
+        "cairn",
+        "smtp-Pass-77",
+    ) else {
+        return;
+    };
+    let route = |name: &str, password: &str, ca: bool| {
+        format!(
+            "[notifications.{name}]\ntype = \"email\"\non = \"both\"\nhost = \"127.0.0.1\"\nport = {}\ntls = \"starttls\"\nusername = \"cairn\"\npassword = \"{password}\"\nfrom = \"cairn@example.com\"\nto = [\"ops@example.com\"]\ntimeout = \"10s\"\nretries = 0\n{}",
+            smtp.port,
+            if ca { "ca_file = \"cert.pem\"\n" } else { "" }
+        )
+    };
+    let db = "[[databases]]\nname = \"app\"\nsource = \"app.db\"\ndestinations = [\"backups\"]\nschedule = { every = \"1h\" }\n";
+    let env = vec![("SMTP_PW".to_string(), "smtp-Pass-77".to_string())];
+    // --connect logs in over TLS.
+    write_config(&s, &format!("{}{db}", route("mail", "${SMTP_PW}", true)));
+    run_env(
+        &s,
+        &env,
+        &["config", "check", "-c", "cairn.toml", "--connect"],
+    )
+    .ok();
+    // ca_file errors name the field.
+    std::fs::write(s.path("junk.pem"), "not a certificate").unwrap();
+    write_config(
+        &s,
+        &format!(
+            "{}ca_file = \"junk.pem\"\n{}ca_file = \"nope.pem\"\n{db}",
+            route("a", "x", false),
+            route("b", "x", false)
+        ),
+    );
+    let r = s.run(&["config", "check", "-c", "cairn.toml"]);
+    assert_ne!(r.code, 0);
+    assert!(
+        r.stderr.contains("notifications.a.ca_file: ")
+            && r.stderr.contains("holds no PEM certificate"),
+        "{}",
+        r.stderr
+    );
+    assert!(
+        r.stderr.contains("notifications.b.ca_file: cannot read "),
+        "{}",
+        r.stderr
+    );
+    // One good route, one that does not trust the server, one with a wrong password.
+    write_config(
+        &s,
+        &format!(
+            "{}{}{}{db}",
+            route("mail", "${SMTP_PW}", true),
+            route("noca", "${SMTP_PW}", false),
+            route("badpw", "wrong", true)
+        ),
+    );
+    let r = run_env(&s, &env, &["run-once", "-c", "cairn.toml"]).ok();
+    let mails = smtp.messages();
+    assert_eq!(mails.len(), 1, "{mails:?}\n{}", r.stderr);
+    assert!(mails[0].contains("X-Sink-TLS: yes"), "{}", mails[0]);
+    assert!(mails[0].contains("X-Sink-Auth: cairn"), "{}", mails[0]);
+    assert!(
+        mails[0].contains("Subject: cairn: backup of app succeeded"),
+        "{}",
+        mails[0]
+    );
+    let undeliverable: Vec<&str> = r
+        .stderr
+        .lines()
+        .filter(|l| l.contains("notification undeliverable after 1 attempts"))
+        .collect();
+    assert_eq!(undeliverable.len(), 2, "{}", r.stderr);
+    assert!(
+        undeliverable.iter().any(|l| l.contains("noca")),
+        "{}",
+        r.stderr
+    );
+    assert!(
+        undeliverable.iter().any(|l| l.contains("badpw")),
+        "{}",
+        r.stderr
+    );
+    assert!(!r.stderr.contains("smtp-Pass-77"));
+}
