@@ -620,7 +620,9 @@ def s3_targets(rows):
         if mine and peer:
             r = peer["median_s"] / mine["median_s"]
             res.append({"target": name, "status": "PASS" if r >= factor else "FAIL", "detail": f"{r:.2f}x"})
-    mine = [r for r in rows if r["tool"] == "cairn"]
+    # Backups and restores; the sandboxed verify holds the database in the
+    # guest's memory by design (issue 14 §3), so it is reported, not judged here.
+    mine = [r for r in rows if r["tool"] == "cairn" and "verify" not in r["op"]]
     if mine:
         m = max(mine, key=lambda r: r["peak_rss_mib"])
         res.append({"target": "peak RSS of cairn to/from S3 <= 128 MiB", "status":
@@ -1205,8 +1207,9 @@ def measure(a, b, db, work, skip, levels):
     if s3_rows:
         s3_by = {r["op"]: r for r in s3_rows}
         for r in s3_rows:
-            backup = r if r["kind"] == "backup" else s3_by[r["op"].replace("restore from", "backup to")
-                                                           .replace("(encrypted)", "(compressed+encrypted)")]
+            # Every read of S3 moves the archive its tool's backup wrote.
+            backup = r if r["kind"] == "backup" else next(
+                x for x in s3_rows if x["kind"] == "backup" and x["tool"] == r["tool"])
             r["stored_bytes"] = backup["output_bytes"]
             r["transfer_mb_per_s"] = r["stored_bytes"] / MB / r["median_s"]
         for label, (kind, peer) in S3_OPS.items():
