@@ -542,9 +542,14 @@ fn email(o: &mut Obj<'_>, base: &Path, errs: &mut Vec<Problem>) -> Option<RouteK
         let read = std::fs::read(&p)
             .map_err(|e| format!("cannot read {}: {e}", p.display()))
             .and_then(|b| {
-                lettre::transport::smtp::client::Certificate::from_pem(&b)
+                // lettre takes any bytes here (rustls parses them only when
+                // connecting), so look for a certificate block first.
+                let has_cert = b.windows(27).any(|w| w == b"-----BEGIN CERTIFICATE-----");
+                has_cert
+                    .then_some(())
+                    .and_then(|()| lettre::transport::smtp::client::Certificate::from_pem(&b).ok())
                     .map(|_| b)
-                    .map_err(|_| format!("{} holds no PEM certificate", p.display()))
+                    .ok_or_else(|| format!("{} holds no PEM certificate", p.display()))
             });
         match read {
             Ok(b) if tls == Tls::None => {

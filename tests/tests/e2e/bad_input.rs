@@ -72,9 +72,8 @@ fn a_file_that_is_not_sqlite() {
     .unwrap();
     s.run(&["backup", "dump.sql"])
         .fails_with(&["dump.sql", "SQL text"]);
-    std::fs::write(s.path("empty.db"), b"").unwrap();
-    s.run(&["backup", "empty.db"])
-        .fails_with(&["empty.db", "is empty"]);
+    // A 0-byte file is a valid, empty SQLite database (issue 15):
+    // faults::a_zero_byte_database_backs_up_and_restores.
 }
 
 #[test]

@@ -193,7 +193,8 @@ fn envelope(format: &str, version: u32, body: &str) -> String {
 fn a_huge_or_deeply_nested_catalog_or_commit_is_refused() {
     // Layout 1: a 65 MiB catalog.json (sparse: refused before it is read).
     let s = setup();
-    as_layout_1(&s, entries(&s));
+    let es = entries(&s);
+    as_layout_1(&s, es.clone());
     let f = std::fs::File::create(s.path("d/catalog.json")).unwrap();
     f.set_len(65 << 20).unwrap();
     drop(f);
@@ -207,7 +208,7 @@ fn a_huge_or_deeply_nested_catalog_or_commit_is_refused() {
     std::fs::write(s.path("d/catalog.json"), &deep).unwrap();
     s.run(&["restore", "d", "-o", "r.db"])
         .fails_with(&["d/catalog.json", "not valid catalog JSON"]);
-    let mut e = serde_json::to_value(&entries(&s)[0]).unwrap();
+    let mut e = serde_json::to_value(&es[0]).unwrap();
     e["junk"] = "DEEP".into();
     let body = format!("{{\"generation\":1,\"entries\":[{e}]}}").replace("\"DEEP\"", &deep);
     std::fs::write(
