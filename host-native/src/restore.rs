@@ -404,7 +404,7 @@ pub fn run_to_postgres(storage: &Dest, opts: &PgRestoreOptions) -> Result<Restor
     })
 }
 
-fn parent_dir(p: &Path) -> PathBuf {
+pub(crate) fn parent_dir(p: &Path) -> PathBuf {
     match p.parent() {
         Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
         _ => PathBuf::from("."),

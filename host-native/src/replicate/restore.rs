@@ -191,10 +191,7 @@ fn restore_generation(
     };
 
     let out = &opts.output;
-    let dir = match out.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
+    let dir = crate::restore::parent_dir(out);
     std::fs::create_dir_all(&dir)
         .with_context(|| format!("cannot create directory {}", dir.display()))?;
     let name = out
