@@ -198,8 +198,11 @@ fn restore_generation(
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| "restore".into());
-    let tmp = dir.join(format!(".{name}.{}.cairn-replica", std::process::id()));
-    let _ = std::fs::remove_file(&tmp);
+    // A killed restore leaves its temp (and the snapshot restore's temp of
+    // that temp, `..<name>.…`) behind; this run removes them.
+    crate::storage::sweep_dead_temps_of(&dir, &name);
+    crate::storage::sweep_dead_temps_of(&dir, &format!(".{name}"));
+    let tmp = dir.join(crate::storage::temp_name(&name));
     let guard = Cleanup(tmp.clone());
     crate::restore::run(
         dest,

@@ -220,6 +220,44 @@ fn table(setup: &Setup, ops: &[Op], rng: &mut Rng) -> Vec<(String, Row)> {
     out
 }
 
+/// A replica of a WAL-mode copy of app.db (same rows) in `rep`: replicated
+/// until its first generation is listed, then stopped with SIGTERM.
+fn replica(setup: &Setup) {
+    let s = &setup.s;
+    std::fs::copy(s.path("app.db"), s.path("wal.db")).unwrap();
+    rusqlite::Connection::open(s.path("wal.db"))
+        .unwrap()
+        .execute_batch("PRAGMA journal_mode=WAL;")
+        .unwrap();
+    let child = setup
+        .cmd(&["replicate", "wal.db", "rep", "--interval", "20ms"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start cairn replicate");
+    let t0 = Instant::now();
+    loop {
+        let listed = setup.run(&["list", "rep", "--generations", "--json"]);
+        if listed.code == 0 && listed.stdout.contains("first_txid") {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "the replica in rep has no generation after 60 s: {}",
+            listed.stderr
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // SAFETY: signalling our own child by its pid.
+    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+    let out = child.wait_with_output().expect("wait for cairn replicate");
+    assert!(
+        out.status.success(),
+        "cairn replicate: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 fn strings(v: &[&str]) -> Vec<String> {
     v.iter().map(|s| s.to_string()).collect()
 }
@@ -284,6 +322,16 @@ fn sigkill_at_random_moments_never_breaks_a_destination() {
             before: Some(strings(&["backup", "app.db", "d", "-q"])),
         },
     ];
+    replica(&setup);
+    ops.push(Op {
+        name: "restore (local replica)",
+        args: strings(&["restore", "rep", "-o", "rr/r.db", "-q", "--force"]),
+        dests: vec![],
+        // The next restore removes a killed one's temps beside the target.
+        temp_dirs: vec![p("rr")],
+        target: Some("rr/r.db"),
+        before: None,
+    });
     if let Some(srv) = &s3 {
         let url = srv.url("kill");
         setup.run(&["backup", "app.db", &url]).ok();
