@@ -11,6 +11,7 @@ mod hostile;
 mod jco;
 mod kill;
 mod layout;
+mod live;
 mod main_job;
 mod postgres;
 mod proxy_selftest;
