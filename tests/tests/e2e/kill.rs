@@ -203,6 +203,26 @@ fn table(setup: &Setup, ops: &[Op], rng: &mut Rng) -> Vec<(String, Row)> {
             if next.code != 0 {
                 bad.push(format!("the next run failed: {}", next.stderr.trim()));
             }
+            // Beside a restore target nothing may stay but the target,
+            // whatever a killed run named its temps.
+            if let Some(target) = op.target {
+                let p = setup.s.path(target);
+                let dir = p.parent().expect("a target in a directory");
+                let name = p.file_name().expect("a file name");
+                let other: Vec<String> = std::fs::read_dir(dir)
+                    .map(|rd| {
+                        rd.flatten()
+                            .filter(|e| e.file_name() != name)
+                            .map(|e| e.file_name().to_string_lossy().into_owned())
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                if !other.is_empty() {
+                    bad.push(format!(
+                        "left beside {target} after the next run: {other:?}"
+                    ));
+                }
+            }
             for d in &op.temp_dirs {
                 let left = temps(d);
                 if !left.is_empty() {
