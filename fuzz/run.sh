@@ -63,7 +63,7 @@ for t in "${targets[@]}"; do
         result=ok
     else
         failed=1
-        what=$(grep -oE 'ERROR: libFuzzer: [a-z-]+|panicked at [^ ]+|out-of-memory|timeout' "$log" | head -1)
+        what=$(grep -oE 'panicked at [^ ]+|ERROR: (libFuzzer|AddressSanitizer): [a-z-]+' "$log" | head -1)
         unit=$(grep -oE 'Test unit written to [^ ]+' "$log" | tail -1 | awk '{print $5}')
         result="FAILED (${what:-exit $rc}) ${unit:-see $log}"
     fi

@@ -54,7 +54,10 @@ struct TrailerSpec {
 
 impl TrailerSpec {
     fn forged(&self) -> bool {
-        self.data_chunks.is_some() || self.plain_len.is_some() || self.sha_flip.is_some() || self.foreign
+        self.data_chunks.is_some()
+            || self.plain_len.is_some()
+            || self.sha_flip.is_some()
+            || self.foreign
     }
 }
 
@@ -64,7 +67,11 @@ fuzz_target!(|s: Spec| {
     let cipher = chunk::cipher(&w_payload_key(&w));
     let header = w.preamble();
     let mut out = header.clone();
-    let aad = if s.encrypted { header.clone() } else { Vec::new() };
+    let aad = if s.encrypted {
+        header.clone()
+    } else {
+        Vec::new()
+    };
     let mut tally = Tally::default();
     let mut expected = Vec::new();
     let mut forged = false;
@@ -85,21 +92,42 @@ fuzz_target!(|s: Spec| {
                 tally.add(&plain);
                 expected.extend_from_slice(&plain);
             }
-            FrameSpec::Forged { body, index, kind, seal_index, seal_last, plain_len, plain_crc, foreign } => {
+            FrameSpec::Forged {
+                body,
+                index,
+                kind,
+                seal_index,
+                seal_last,
+                plain_len,
+                plain_crc,
+                foreign,
+            } => {
                 forged = true;
                 let id = if *foreign { [0x33; 16] } else { ARCHIVE_ID };
                 let idx = index.unwrap_or(i);
                 if s.encrypted {
-                    let sealed = chunk::seal(&cipher, seal_index.unwrap_or(i), *seal_last, &aad, body.clone());
+                    let sealed = chunk::seal(
+                        &cipher,
+                        seal_index.unwrap_or(i),
+                        *seal_last,
+                        &aad,
+                        body.clone(),
+                    );
                     let k = kind.map_or(KIND_DATA, |k| k % 3);
-                    out.extend(frame::encrypted_frame_header(&id, idx, k, sealed.len() as u32));
+                    out.extend(frame::encrypted_frame_header(
+                        &id,
+                        idx,
+                        k,
+                        sealed.len() as u32,
+                    ));
                     out.extend(sealed);
                 } else {
                     // Defaults that pass the member's own checks, so the
                     // fuzzer gets past them to the chunk's contents.
                     let inflated = chunk::inflate(i, body, cs).ok();
                     let len = plain_len.unwrap_or(inflated.as_ref().map_or(1, |p| p.len() as u32));
-                    let crc = plain_crc.unwrap_or(inflated.as_ref().map_or(0, |p| crc32fast::hash(p)));
+                    let crc =
+                        plain_crc.unwrap_or(inflated.as_ref().map_or(0, |p| crc32fast::hash(p)));
                     let ck = frame::ck_payload(&id, idx, body.len() as u32, len);
                     out.extend(frame::gzip_member_head(SUB_CHUNK, &ck));
                     out.extend_from_slice(body);
@@ -112,10 +140,18 @@ fuzz_target!(|s: Spec| {
     let t = &s.trailer;
     if !t.omit {
         let mut tr: Trailer = tally.trailer(ARCHIVE_ID);
-        if let Some(n) = t.data_chunks { tr.data_chunks = n; }
-        if let Some(n) = t.plain_len { tr.plain_len = n; }
-        if let Some(b) = t.sha_flip { tr.sha256[b as usize % 32] ^= 1 | b; }
-        if t.foreign { tr.archive_id = [0x44; 16]; }
+        if let Some(n) = t.data_chunks {
+            tr.data_chunks = n;
+        }
+        if let Some(n) = t.plain_len {
+            tr.plain_len = n;
+        }
+        if let Some(b) = t.sha_flip {
+            tr.sha256[b as usize % 32] ^= 1 | b;
+        }
+        if t.foreign {
+            tr.archive_id = [0x44; 16];
+        }
         out.extend(w.finale(&tr));
     }
     let clean = !forged && !t.forged() && !t.omit && s.mutations.is_empty();

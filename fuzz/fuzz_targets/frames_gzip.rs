@@ -7,7 +7,9 @@ use cairn_fuzz::{ARCHIVE_ID, material, params};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let Some((&sel, rest)) = data.split_first() else { return };
+    let Some((&sel, rest)) = data.split_first() else {
+        return;
+    };
     let w = cairn_core::ArchiveWriter::new(params(false, sel, sel >> 4)).unwrap();
     run(w.preamble(), rest, (sel as usize >> 3) % 97);
 });
@@ -30,11 +32,15 @@ fn run(pre: Vec<u8>, rest: &[u8], piece: usize) {
                     assert_eq!(c.index, next, "frames come out in order");
                     next += 1;
                     let r = reader.as_ref().expect("header first");
-                    assert!(c.body.len() <= cairn_core::frame::max_body_len(r.metadata().chunk_size));
+                    assert!(
+                        c.body.len() <= cairn_core::frame::max_body_len(r.metadata().chunk_size)
+                    );
                     if c.last {
                         let _ = r.open_trailer(&c);
                     } else if let Ok(plain) = r.open_chunk(&c) {
-                        assert!(!plain.is_empty() && plain.len() <= r.metadata().chunk_size as usize);
+                        assert!(
+                            !plain.is_empty() && plain.len() <= r.metadata().chunk_size as usize
+                        );
                     }
                 }
                 Ok(None) => break,

@@ -5,7 +5,9 @@ use cairn_core::MasterKey;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let Ok(text) = std::str::from_utf8(data) else { return };
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
     match MasterKey::parse(text) {
         Ok(k) => {
             let hex: String = k.0.iter().map(|b| format!("{b:02x}")).collect();
@@ -14,8 +16,14 @@ fuzz_target!(|data: &[u8]| {
         Err(e) => {
             let msg = e.to_string();
             let t = text.trim();
-            if t.len() >= 16 {
-                assert!(!msg.contains(t), "the error echoes the key text");
+            // The message is built from the text's shape, never its
+            // contents: a text that happens to spell part of the message
+            // itself is not an echo.
+            let shape = MasterKey::parse(&"!".repeat(t.chars().count()))
+                .unwrap_err()
+                .to_string();
+            if t.len() >= 16 && !shape.contains(t) {
+                assert!(!msg.contains(t), "the error echoes the key text: {msg}");
             }
         }
     }

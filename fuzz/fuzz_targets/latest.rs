@@ -8,6 +8,9 @@ fuzz_target!(|data: &[u8]| {
     if let Ok(key) = parse_latest_pointer(data) {
         assert!(!key.is_empty() && key.len() <= 512);
         assert!(!key.starts_with('/') && !key.contains('\0') && !key.contains('\\'));
-        assert!(key.split('/').all(|s| !s.is_empty() && s != "." && s != ".."));
+        assert!(
+            key.split('/')
+                .all(|s| !s.is_empty() && s != "." && s != "..")
+        );
     }
 });

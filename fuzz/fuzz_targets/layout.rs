@@ -5,7 +5,9 @@ use cairn_core::layout::{self, Checkpoint, Commit, Marker, State};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let Some((&sel, rest)) = data.split_first() else { return };
+    let Some((&sel, rest)) = data.split_first() else {
+        return;
+    };
     match sel % 4 {
         0 => {
             let _ = Marker::parse(rest);
@@ -17,7 +19,8 @@ fuzz_target!(|data: &[u8]| {
                 let mut s = State::default();
                 if s.apply(&c).is_ok() {
                     for e in s.sorted() {
-                        cairn_core::catalog::validate_object_key(&e.object).expect("safe keys only");
+                        cairn_core::catalog::validate_object_key(&e.object)
+                            .expect("safe keys only");
                     }
                     let _ = s.newest(None);
                     let _ = s.sweep_start_key();

@@ -40,7 +40,16 @@ fuzz_target!(|input: Input| match input {
             assert_eq!(segment::segment_key(&g, l, lo, hi, enc), k);
         }
     }
-    Input::Object { encrypted, level, min_txid, span, pages, extra_pages, mutations, rename } => {
+    Input::Object {
+        encrypted,
+        level,
+        min_txid,
+        span,
+        pages,
+        extra_pages,
+        mutations,
+        rename,
+    } => {
         let mut map = BTreeMap::new();
         let mut db_pages = 1u32;
         for (p, fill) in pages.iter().take(8) {
@@ -63,9 +72,17 @@ fuzz_target!(|input: Input| match input {
             },
             pages: map,
         };
-        let mut bytes = seg.build(params(encrypted, 6, 0)).expect("a segment builds");
+        let mut bytes = seg
+            .build(params(encrypted, 6, 0))
+            .expect("a segment builds");
         let i = &seg.info;
-        let key = segment::segment_key(GEN, i.level, i.min_txid, i.max_txid + u64::from(rename), encrypted);
+        let key = segment::segment_key(
+            GEN,
+            i.level,
+            i.min_txid,
+            i.max_txid + u64::from(rename),
+            encrypted,
+        );
         let clean = mutations.is_empty() && !rename;
         mutate(&mut bytes, &mutations);
         match Segment::open(&bytes, &key, &material()) {
@@ -90,7 +107,9 @@ fn check(s: &Segment) {
     // to a Vec by a host (it sets a file's length instead).
     if u64::from(i.db_pages) * u64::from(i.page_size) <= 1 << 22 {
         let mut img = Vec::new();
-        Applier::new(&i.generation, i.page_size, i.min_txid).apply(&mut img, s).unwrap();
+        Applier::new(&i.generation, i.page_size, i.min_txid)
+            .apply(&mut img, s)
+            .unwrap();
         assert_eq!(img.len(), i.db_pages as usize * i.page_size as usize);
     }
 }

@@ -18,9 +18,17 @@ fuzz_target!(|data: &[u8]| {
         let w = ArchiveWriter::new(params(enc, 6, 0)).unwrap();
         let mut p = FrameParser::new();
         p.push(&w.preamble());
-        let Ok(Some(Event::Header { bytes, meta })) = p.next_event() else { panic!("header") };
+        let Ok(Some(Event::Header { bytes, meta })) = p.next_event() else {
+            panic!("header")
+        };
         let r = ArchiveReader::new(bytes, meta, &material()).unwrap();
-        let c = RawChunk { index: 0, last: true, body: data.to_vec(), plain_crc: 0, plain_len: 0 };
+        let c = RawChunk {
+            index: 0,
+            last: true,
+            body: data.to_vec(),
+            plain_crc: 0,
+            plain_len: 0,
+        };
         if let Ok(t) = r.open_trailer(&c) {
             assert!(!enc, "a forged encrypted trailer opened");
             let _ = Tally::default().check(&t);

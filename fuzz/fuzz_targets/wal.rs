@@ -32,9 +32,25 @@ fuzz_target!(|input: Input| match input {
             check(&c, &txns);
         }
     }
-    Input::Built { big_endian, page_shift, checkpoint_seq, salt1, salt2, txns, mutations, split } => {
+    Input::Built {
+        big_endian,
+        page_shift,
+        checkpoint_seq,
+        salt1,
+        salt2,
+        txns,
+        mutations,
+        split,
+    } => {
         let page_size = 512u32 << (page_shift % 3);
-        let h = WalHeader { big_endian, page_size, checkpoint_seq, salt1, salt2, checksum: (0, 0) };
+        let h = WalHeader {
+            big_endian,
+            page_size,
+            checkpoint_seq,
+            salt1,
+            salt2,
+            checksum: (0, 0),
+        };
         let mut bytes = h.to_bytes().to_vec();
         let h = WalHeader::parse(&bytes).expect("a written header parses");
         let mut run = h.checksum;

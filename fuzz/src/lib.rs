@@ -54,7 +54,11 @@ pub fn encode(p: WriterParams, plain: &[u8]) -> Vec<u8> {
 pub fn decode(bytes: &[u8], piece: usize) -> Result<(Vec<u8>, DecodeSummary), Error> {
     let mut d = Decoder::new(material());
     let mut out = Vec::new();
-    let step = if piece == 0 { bytes.len().max(1) } else { piece };
+    let step = if piece == 0 {
+        bytes.len().max(1)
+    } else {
+        piece
+    };
     for part in bytes.chunks(step) {
         out.extend(d.push(part)?);
     }
@@ -97,13 +101,31 @@ pub fn decode_checked(bytes: &[u8], piece: usize) -> Result<(Vec<u8>, DecodeSumm
 /// A byte-level change to a built artefact; offsets wrap around its length.
 #[derive(Arbitrary, Debug, Clone)]
 pub enum Mutation {
-    Flip { at: u32, bit: u8 },
-    Set { at: u32, value: u8 },
-    Truncate { at: u32 },
-    Insert { at: u32, bytes: Vec<u8> },
-    Remove { at: u32, len: u16 },
+    Flip {
+        at: u32,
+        bit: u8,
+    },
+    Set {
+        at: u32,
+        value: u8,
+    },
+    Truncate {
+        at: u32,
+    },
+    Insert {
+        at: u32,
+        bytes: Vec<u8>,
+    },
+    Remove {
+        at: u32,
+        len: u16,
+    },
     /// Copies a range elsewhere: a frame spliced in twice, or over another.
-    Splice { from: u32, len: u16, to: u32 },
+    Splice {
+        from: u32,
+        len: u16,
+        to: u32,
+    },
 }
 
 pub fn mutate(b: &mut Vec<u8>, muts: &[Mutation]) {
@@ -163,13 +185,17 @@ mod seeds {
     use std::path::PathBuf;
 
     fn put(target: &str, name: &str, bytes: &[u8]) {
-        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("seeds").join(target);
+        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("seeds")
+            .join(target);
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(dir.join(name), bytes).unwrap();
     }
 
     fn plain(n: usize) -> Vec<u8> {
-        (0..n).map(|i| (i * 31 % 251) as u8 ^ (i / 97) as u8).collect()
+        (0..n)
+            .map(|i| (i * 31 % 251) as u8 ^ (i / 97) as u8)
+            .collect()
     }
 
     /// Variant `k` of `n` in an `arbitrary`-derived enum, as its leading u32.
@@ -180,8 +206,14 @@ mod seeds {
     fn entry(id: &str, at: i64, enc: bool) -> Entry {
         let w = ArchiveWriter::new(params(enc, 6, 0)).unwrap();
         let object = catalog::snapshot_object_key(id, enc);
-        Entry::for_snapshot(id.into(), object, w.metadata(), (10, [1; 32]), (20, [2; 32]))
-            .tap_created(at)
+        Entry::for_snapshot(
+            id.into(),
+            object,
+            w.metadata(),
+            (10, [1; 32]),
+            (20, [2; 32]),
+        )
+        .tap_created(at)
     }
 
     trait Tap {
@@ -197,7 +229,12 @@ mod seeds {
     #[test]
     #[ignore]
     fn write_seeds() {
-        for (enc, level, chunk_sel, n) in [(false, 0, 0, 5000), (false, 6, 0, 9000), (true, 6, 0, 9000), (true, 0, 0, 100)] {
+        for (enc, level, chunk_sel, n) in [
+            (false, 0, 0, 5000),
+            (false, 6, 0, 9000),
+            (true, 6, 0, 9000),
+            (true, 0, 0, 100),
+        ] {
             let name = format!("{}-l{level}-{n}", if enc { "aes" } else { "gzip" });
             let a = encode(params(enc, level, chunk_sel), &plain(n));
             put("decode", &name, &a);
@@ -206,7 +243,15 @@ mod seeds {
             let pre = w.preamble().len();
             let mut f = vec![sel];
             f.extend_from_slice(&a[pre..]);
-            put(if enc { "frames_encrypted" } else { "frames_gzip" }, &name, &f);
+            put(
+                if enc {
+                    "frames_encrypted"
+                } else {
+                    "frames_gzip"
+                },
+                &name,
+                &f,
+            );
             // The header record, and the trailer record or sealed final frame.
             let mut p = FrameParser::new();
             p.push(&a);
@@ -219,18 +264,32 @@ mod seeds {
             }
             put("trailer", &name, &last.unwrap().body);
             let mut d = vec![3u8];
-            d.extend(cairn_core::chunk::deflate(&plain(n), cairn_core::Compression::from_level(level.max(1)).unwrap()));
+            d.extend(cairn_core::chunk::deflate(
+                &plain(n),
+                cairn_core::Compression::from_level(level.max(1)).unwrap(),
+            ));
             put("inflate", &name, &d);
         }
-        for v in ["gzip-deflate6", "gzip-empty", "gzip-stored", "aes-key-deflate6"] {
-            let path = format!("{}/../core/tests/vectors/{v}.json", env!("CARGO_MANIFEST_DIR"));
-            let j: serde_json_lite::Value = serde_json_lite::parse(&std::fs::read_to_string(path).unwrap());
+        for v in [
+            "gzip-deflate6",
+            "gzip-empty",
+            "gzip-stored",
+            "aes-key-deflate6",
+        ] {
+            let path = format!(
+                "{}/../core/tests/vectors/{v}.json",
+                env!("CARGO_MANIFEST_DIR")
+            );
+            let j: serde_json_lite::Value =
+                serde_json_lite::parse(&std::fs::read_to_string(path).unwrap());
             put("decode", &format!("vector-{v}"), &j.archive);
         }
 
         let mut cat = Catalog::default();
-        cat.add(entry("20251124T160000Z-0a0b0c0d", 1_764_000_000_000, false)).unwrap();
-        cat.add(entry("20251125T160000Z-01020304", 1_764_086_400_000, true)).unwrap();
+        cat.add(entry("20251124T160000Z-0a0b0c0d", 1_764_000_000_000, false))
+            .unwrap();
+        cat.add(entry("20251125T160000Z-01020304", 1_764_086_400_000, true))
+            .unwrap();
         put("catalog", "two", &cat.render());
         put("catalog", "empty", &Catalog::default().render());
         put("latest", "gz", &catalog::latest_pointer(&cat.entries[0]));
@@ -258,9 +317,17 @@ mod seeds {
 
         let k: String = KEY.iter().map(|b| format!("{b:02x}")).collect();
         put("key", "hex", format!("{k}\n").as_bytes());
-        put("key", "base64", b"AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=\r\n");
+        put(
+            "key",
+            "base64",
+            b"AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=\r\n",
+        );
 
-        let wal = std::fs::read(format!("{}/../core/tests/wal/wal.bin", env!("CARGO_MANIFEST_DIR"))).unwrap();
+        let wal = std::fs::read(format!(
+            "{}/../core/tests/wal/wal.bin",
+            env!("CARGO_MANIFEST_DIR")
+        ))
+        .unwrap();
         let mut b = tag(0, 2);
         b.extend(&wal[..wal.len().min(32 + 3 * (24 + 4096))]);
         put("wal", "fixture", &b);
@@ -277,7 +344,9 @@ mod seeds {
                 min_db_pages: 2,
                 time_ms: 1_764_000_000_000,
             },
-            pages: [(1, vec![1u8; 512]), (4, vec![4u8; 512])].into_iter().collect(),
+            pages: [(1, vec![1u8; 512]), (4, vec![4u8; 512])]
+                .into_iter()
+                .collect(),
         };
         let mut b = tag(0, 3);
         b.extend(seg.body());
