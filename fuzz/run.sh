@@ -57,10 +57,13 @@ for t in "${targets[@]}"; do
         -artifact_prefix="artifacts/$t/" >"$log" 2>&1
     rc=$?
     set -e
-    took=$((SECONDS - start))
+    # libFuzzer's own count of the fuzzing time (a rebuild is not in it).
+    took=$(grep -oE 'Done [0-9]+ runs in [0-9]+ second' "$log" | tail -1 | awk '{print $5}')
+    took=${took:-$((SECONDS - start))}
     execs=$(grep -o 'stat::number_of_executed_units: [0-9]*' "$log" | tail -1 | awk '{print $2}')
+    rss=$(grep -o 'stat::peak_rss_mb: [0-9]*' "$log" | tail -1 | awk '{print $2}')
     if [ $rc -eq 0 ]; then
-        result=ok
+        result="ok (peak RSS ${rss:-?} MB)"
     else
         failed=1
         what=$(grep -oE 'panicked at [^ ]+|ERROR: (libFuzzer|AddressSanitizer): [a-z-]+' "$log" | head -1)
