@@ -61,7 +61,7 @@ for t in "${targets[@]}"; do
     took=$(grep -oE 'Done [0-9]+ runs in [0-9]+ second' "$log" | tail -1 | awk '{print $5}')
     took=${took:-$((SECONDS - start))}
     execs=$(grep -o 'stat::number_of_executed_units: [0-9]*' "$log" | tail -1 | awk '{print $2}')
-    rss=$(grep -o 'stat::peak_rss_mb: [0-9]*' "$log" | tail -1 | awk '{print $2}')
+    rss=$(grep -o 'stat::peak_rss_mb: *[0-9]*' "$log" | tail -1 | awk '{print $2}')
     if [ $rc -eq 0 ]; then
         result="ok (peak RSS ${rss:-?} MB)"
     else
