@@ -27,12 +27,20 @@ fn a_foreign_gzip_file_gets_one_verdict_however_it_is_streamed() {
     // FLG without FEXTRA: someone else's gzip file. Pushed three bytes at a
     // time it used to be "archive header is corrupted" instead.
     let foreign = [0x1f, 0x8b, 0x08, 0x00, 0, 0, 0, 0, 0, 0x03, 1, 2, 3];
-    assert!(verdicts(&foreign).iter().all(|c| *c == ErrorCode::NotAnArchive));
+    assert!(
+        verdicts(&foreign)
+            .iter()
+            .all(|c| *c == ErrorCode::NotAnArchive)
+    );
     // A damaged compression method, FLG read or not: the same in every case.
     let reproducer = include_bytes!("../../fuzz/regressions/decode/streaming-gzip-verdict");
     let v = verdicts(reproducer);
     assert!(v.iter().all(|c| *c == v[0]), "{v:?}");
     // Three bytes alone are a truncated file, not a verdict on a header
     // whose flags were never seen.
-    assert!(verdicts(&[0x1f, 0x8b, 0x07]).iter().all(|c| *c == ErrorCode::Truncated));
+    assert!(
+        verdicts(&[0x1f, 0x8b, 0x07])
+            .iter()
+            .all(|c| *c == ErrorCode::Truncated)
+    );
 }
