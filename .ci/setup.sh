@@ -14,6 +14,17 @@ if ! rustup target list --installed 2>/dev/null | grep -qx wasm32-wasip2; then
     rustup target add wasm32-wasip2
 fi
 
+# The fuzz targets (fuzz/run.sh, run by test.sh) need cargo-fuzz, which
+# needs the nightly toolchain (libFuzzer's sanitizer flags).
+if ! rustup run nightly rustc --version >/dev/null 2>&1; then
+    say "installing the nightly toolchain (for cargo-fuzz)"
+    rustup toolchain install nightly --profile minimal
+fi
+if ! cargo fuzz --version >/dev/null 2>&1; then
+    say "installing cargo-fuzz (about 2 minutes)"
+    cargo install cargo-fuzz --locked
+fi
+
 need_apt=()
 command -v gunzip >/dev/null || need_apt+=(gzip)
 command -v sqlite3 >/dev/null || need_apt+=(sqlite3)

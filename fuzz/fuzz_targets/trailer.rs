@@ -1,0 +1,37 @@
+//! The trailer record (FORMAT.md §5): parsed alone, checked against a tally,
+//! and opened from a final frame of both containers.
+#![no_main]
+use cairn_core::chunk::Trailer;
+use cairn_core::{ArchiveReader, ArchiveWriter, Event, FrameParser, RawChunk, Tally};
+use cairn_fuzz::{material, params};
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    if let Ok(t) = Trailer::from_bytes(data) {
+        assert_eq!(&t.to_bytes()[..], data);
+        let mut tally = Tally::default();
+        tally.add(b"x");
+        let _ = tally.check(&t);
+        Tally::default().check(&t).err();
+    }
+    for enc in [false, true] {
+        let w = ArchiveWriter::new(params(enc, 6, 0)).unwrap();
+        let mut p = FrameParser::new();
+        p.push(&w.preamble());
+        let Ok(Some(Event::Header { bytes, meta })) = p.next_event() else {
+            panic!("header")
+        };
+        let r = ArchiveReader::new(bytes, meta, &material()).unwrap();
+        let c = RawChunk {
+            index: 0,
+            last: true,
+            body: data.to_vec(),
+            plain_crc: 0,
+            plain_len: 0,
+        };
+        if let Ok(t) = r.open_trailer(&c) {
+            assert!(!enc, "a forged encrypted trailer opened");
+            let _ = Tally::default().check(&t);
+        }
+    }
+});
