@@ -16,8 +16,9 @@ cargo clippy --release --locked --target wasm32-wasip2 -p cairn-core -p cairn-wa
 cargo clippy --release --locked --target wasm32-wasip2 -p cairn-wasi --features host-crypto -- -D warnings
 
 say "building cairn and cairn-wasi"
-# The e2e tests run the cairn binary, which `cargo test` alone does not rebuild.
-cargo build --release --locked --workspace --bins
+# The e2e tests run the cairn binary (and the example app of `embed::`),
+# which `cargo test` alone does not rebuild.
+cargo build --release --locked --workspace --bins --examples
 cargo build --release --locked --target wasm32-wasip2 -p cairn-wasi
 
 say "cargo test"

@@ -7,7 +7,8 @@
 //! - [`storage`]: where backups live (a local directory, S3, SFTP).
 //! - [`daemon`]: cairn.toml, schedules, notifications, drills, metrics.
 //! - [`repo`]: a destination's catalog (layout 2, reading layout 1).
-//! - [`replicate`]: continuous WAL replication and point-in-time restore.
+//! - [`replicate`]: continuous WAL replication and point-in-time restore;
+//!   [`replicate::embed`] runs a replicator inside an application.
 //! - [`engine`], [`sandbox`]: the core natively or as a wasm component.
 
 pub mod backup;

@@ -99,6 +99,9 @@ pub struct Database {
     /// Names of the notification routes this database reports to.
     pub notify: Vec<String>,
     pub verify: Option<Drill>,
+    /// `replicate = true`: the daemon also runs a continuous replicator
+    /// for this (SQLite, WAL-mode) database into its destinations.
+    pub replicate: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -749,11 +752,39 @@ fn database(
             timeout: t,
         })
     });
+    let replicate = match o.get("replicate") {
+        None => false,
+        Some(toml::Value::Boolean(b)) => *b,
+        Some(v) => {
+            o.err(
+                "replicate",
+                format!("must be true or false, not {}", v.type_str()),
+                errs,
+            );
+            false
+        }
+    };
+    if replicate {
+        match &source {
+            Some(Source::Postgres(_)) => o.err(
+                "replicate",
+                "continuous replication is for SQLite databases in WAL mode, not PostgreSQL: remove `replicate = true` (scheduled backups still run)".into(),
+                errs,
+            ),
+            Some(Source::Sqlite(p)) => {
+                if let Err(m) = check_wal(p) {
+                    o.err("replicate", m, errs);
+                }
+            }
+            None => {}
+        }
+    }
     o.finish(errs);
     if errs.len() != n0 {
         return None;
     }
     Some(Database {
+        replicate,
         name: name?,
         source: source?,
         destinations,
@@ -766,6 +797,29 @@ fn database(
         notify,
         verify,
     })
+}
+
+/// A database to replicate must be in WAL mode: bytes 18 and 19 of a
+/// SQLite header are 2 then. A file that does not exist yet passes (the
+/// replicator reports it when it starts; `config check` reports it as a
+/// missing source).
+fn check_wal(p: &Path) -> Result<(), String> {
+    use std::io::Read;
+    let Ok(mut f) = std::fs::File::open(p) else {
+        return Ok(());
+    };
+    let mut h = [0u8; 20];
+    if f.read_exact(&mut h).is_err() || !h.starts_with(b"SQLite format 3\0") {
+        return Ok(()); // not a database yet: `source` says so in `config check`
+    }
+    if h[18] == 2 && h[19] == 2 {
+        return Ok(());
+    }
+    Err(format!(
+        "{} is not in WAL mode, which replication needs: run `sqlite3 {} 'PRAGMA journal_mode=WAL'` once (and open it in WAL mode in the application)",
+        p.display(),
+        p.display()
+    ))
 }
 
 fn source(o: &mut Obj<'_>, base: &Path, errs: &mut Vec<Problem>) -> Option<Source> {

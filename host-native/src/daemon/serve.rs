@@ -4,7 +4,8 @@
 //! runs at a time; jobs missed while the daemon was down run once at
 //! start-up. SIGTERM/SIGINT: no new runs, running ones get the grace period,
 //! then are stopped; exit 0. SIGHUP: reload the config (an invalid one is
-//! refused and the running one kept).
+//! refused and the running one kept). Databases with `replicate = true`
+//! also get a continuous replicator in this process ([`replication`]).
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -19,6 +20,7 @@ use super::config::{self, Config, Route};
 use super::job::{Kind, Outcome};
 use super::metrics::Metrics;
 use super::notify::Notifier;
+use super::replication::Replicators;
 use super::schedule::{Schedule, rfc3339};
 use super::{logging, record, runner, state};
 use crate::storage::now_ms;
@@ -94,13 +96,16 @@ struct Daemon {
     done_tx: mpsc::UnboundedSender<Done>,
     done_rx: mpsc::UnboundedReceiver<Done>,
     abort_tx: watch::Sender<bool>,
+    replicators: Replicators,
 }
 
 impl Daemon {
     fn new(file: PathBuf, cfg: Config, text: Arc<String>) -> Daemon {
         let (done_tx, done_rx) = mpsc::unbounded_channel();
         let (abort_tx, _) = watch::channel(false);
+        let replicators = Replicators::new(&cfg.state_dir);
         Daemon {
+            replicators,
             file,
             cfg,
             text,
@@ -138,17 +143,24 @@ impl Daemon {
             "cairn daemon started"
         );
         self.log_schedule();
+        self.replicators.apply(&self.cfg).await;
         loop {
             let wake = self.start_due();
-            let sleep =
-                Duration::from_millis(wake.saturating_sub(now_ms()).clamp(10, 60_000) as u64);
+            // Replicators are looked after every second (their state, restarts).
+            let most = if self.replicators.is_empty() {
+                60_000
+            } else {
+                1_000
+            };
+            let sleep = Duration::from_millis(wake.saturating_sub(now_ms()).clamp(10, most) as u64);
             tokio::select! {
                 _ = tokio::time::sleep(sleep) => {}
                 Some(d) = self.done_rx.recv() => self.finish(d),
                 _ = term.recv() => { tracing::info!("SIGTERM received"); break; }
                 _ = int.recv() => { tracing::info!("SIGINT received"); break; }
-                _ = hup.recv() => self.reload(),
+                _ = hup.recv() => self.reload().await,
             }
+            self.replicators.tick().await;
         }
         self.shutdown(&mut term, &mut int).await;
         Ok(())
@@ -271,7 +283,7 @@ impl Daemon {
         );
     }
 
-    fn reload(&mut self) {
+    async fn reload(&mut self) {
         tracing::info!(config = %self.file.display(), "SIGHUP: reloading the config");
         let (cfg, text) = match load(&self.file) {
             Ok(x) => x,
@@ -304,6 +316,7 @@ impl Daemon {
         self.due = due;
         tracing::info!(databases = self.cfg.databases.len(), "config reloaded");
         self.log_schedule();
+        self.replicators.apply(&self.cfg).await;
     }
 
     async fn shutdown(
@@ -311,6 +324,9 @@ impl Daemon {
         term: &mut tokio::signal::unix::Signal,
         int: &mut tokio::signal::unix::Signal,
     ) {
+        // Replicators first: they stop within an interval, shipping what
+        // is committed, and release their leases.
+        self.replicators.shutdown().await;
         let grace = self.cfg.shutdown_grace;
         if !self.running.is_empty() {
             tracing::info!(

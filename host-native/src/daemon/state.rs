@@ -38,6 +38,21 @@ pub struct DbState {
     /// redacted: this file must hold no secret).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub drills: BTreeMap<String, DrillState>,
+    /// The daemon's replicator for this database (`replicate = true`), as
+    /// it last reported.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replication: Option<ReplicationState>,
+}
+
+/// A replicator run by the daemon, as last recorded.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ReplicationState {
+    /// The daemon process running it (a live state with a gone process is stale).
+    pub pid: u32,
+    pub started_at_ms: i64,
+    pub updated_at_ms: i64,
+    #[serde(flatten)]
+    pub status: crate::replicate::Status,
 }
 
 /// One finished run, as recorded.

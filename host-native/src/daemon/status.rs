@@ -25,7 +25,55 @@ struct DbStatus {
     last_failure: Option<RunView>,
     verify_schedule: Option<String>,
     next_drill: Option<String>,
+    /// `replicate = true`: the daemon's replicator, as it last recorded
+    /// (null when the database does not replicate).
+    replication: Option<ReplicationView>,
     destinations: Vec<DestStatus>,
+}
+
+#[derive(Serialize)]
+struct ReplicationView {
+    /// starting, running, retrying, stopping, stopped, failed; or
+    /// "not started" (no record yet) or "stale" (the daemon that
+    /// recorded it is gone without recording its stop).
+    state: String,
+    generation: Option<String>,
+    shipped_txid: u64,
+    last_shipped: Option<String>,
+    error: Option<String>,
+    since: Option<String>,
+    updated_at: Option<String>,
+}
+
+fn replication_view(r: Option<&state::ReplicationState>) -> ReplicationView {
+    let Some(r) = r else {
+        return ReplicationView {
+            state: "not started".into(),
+            generation: None,
+            shipped_txid: 0,
+            last_shipped: None,
+            error: None,
+            since: None,
+            updated_at: None,
+        };
+    };
+    // SAFETY: signal 0 only asks whether the process exists.
+    let gone = unsafe { libc::kill(r.pid as libc::pid_t, 0) } != 0
+        && std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH);
+    let state = if r.status.is_live() && gone {
+        "stale".to_string()
+    } else {
+        r.status.state.as_str().to_string()
+    };
+    ReplicationView {
+        state,
+        generation: r.status.generation.clone(),
+        shipped_txid: r.status.shipped_txid,
+        last_shipped: r.status.last_shipped_at_ms.map(rfc3339),
+        error: r.status.error.as_deref().map(redact),
+        since: Some(rfc3339(r.started_at_ms)),
+        updated_at: Some(rfc3339(r.updated_at_ms)),
+    }
 }
 
 #[derive(Serialize)]
@@ -143,6 +191,9 @@ fn status(cfg: &Config, st: &state::State, rt: &tokio::runtime::Runtime) -> Vec<
                         rfc3339(t)
                     }
                 }),
+                replication: db
+                    .replicate
+                    .then(|| replication_view(s.replication.as_ref())),
                 destinations,
             }
         })
@@ -183,6 +234,22 @@ pub fn cli(config_file: PathBuf, json: bool, rt: &tokio::runtime::Runtime) -> Re
         }
         if let (Some(s), Some(n)) = (&d.verify_schedule, &d.next_drill) {
             println!("  drills:        {s}; next {n}");
+        }
+        if let Some(r) = &d.replication {
+            let mut line = r.state.clone();
+            if let Some(g) = &r.generation {
+                line += &format!(", generation {g}, txid {} shipped", r.shipped_txid);
+            }
+            if let Some(t) = &r.last_shipped {
+                line += &format!(" (last {t})");
+            }
+            if let Some(e) = &r.error {
+                line += &format!(": {e}");
+            }
+            if let Some(u) = &r.updated_at {
+                line += &format!("; as of {u}");
+            }
+            println!("  replication:   {line}");
         }
         for x in &d.destinations {
             let newest = match (&x.newest, &x.error) {

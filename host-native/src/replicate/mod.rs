@@ -5,18 +5,22 @@
 //! missed. The room holds one concept per file: [`wal_tail`] follows the
 //! WAL, [`shipper`] encodes and uploads segments, [`generation`] the log
 //! entries and listings, [`lease`] the fencing, [`restore`] and [`list`]
-//! the reading side.
+//! the reading side; [`embed`] and [`config`] run a replicator inside an
+//! application's own tokio runtime; [`status`] is what a running one reports.
 
+pub mod config;
+pub mod embed;
 pub mod generation;
 pub mod lease;
 pub mod list;
 pub mod restore;
 pub mod shipper;
+pub mod status;
 pub mod wal_tail;
 
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Result, anyhow, bail};
@@ -33,6 +37,7 @@ use crate::storage::{Dest, now_ms};
 use generation::GenerationEntry;
 use lease::Lease;
 use shipper::{Ready, Shipper};
+pub use status::{LogTo, State, Status};
 use wal_tail::{Poll, WalTail};
 
 #[derive(Args, Debug)]
@@ -95,6 +100,11 @@ pub struct ReplicateOptions {
     pub lease_ttl: Duration,
     pub wal_limit: u64,
     pub temp_dir: PathBuf,
+    /// Where its messages go: stderr for the CLI, `tracing` events when it
+    /// runs inside an application or the daemon.
+    pub log: LogTo,
+    /// Kept up to date while it runs, for whoever started it.
+    pub status: Arc<Mutex<Status>>,
 }
 
 /// What a run did, for `--json` and the request-count figures.
@@ -130,8 +140,17 @@ struct Replicator<'a> {
 const RESTART_EVERY: Duration = Duration::from_secs(10);
 
 /// Replicates until `stop` is set, then ships what is committed, releases
-/// the leases and returns.
+/// the leases and returns. The outcome is also left in `opts.status`.
 pub fn run(dests: &[Dest], opts: &ReplicateOptions, stop: &AtomicBool) -> Result<Report> {
+    let res = run_inner(dests, opts, stop);
+    opts.status
+        .lock()
+        .unwrap()
+        .finished(res.as_ref().err().map(|e| format!("{e:#}")));
+    res
+}
+
+fn run_inner(dests: &[Dest], opts: &ReplicateOptions, stop: &AtomicBool) -> Result<Report> {
     let t0 = Instant::now();
     let source = crate::sources::Source::Sqlite(opts.db.clone());
     let db_name = source.catalog_name();
@@ -149,16 +168,24 @@ pub fn run(dests: &[Dest], opts: &ReplicateOptions, stop: &AtomicBool) -> Result
             }
         }
     }
-    eprintln!(
-        "cairn replicate: {} → {} (every {:?}; Ctrl-C or SIGTERM to stop)",
-        opts.db.display(),
-        dests
-            .iter()
-            .map(|d| d.describe(""))
-            .collect::<Vec<_>>()
-            .join(", "),
-        opts.interval
-    );
+    let to = dests
+        .iter()
+        .map(|d| d.describe(""))
+        .collect::<Vec<_>>()
+        .join(", ");
+    match opts.log {
+        LogTo::Stderr => eprintln!(
+            "cairn replicate: {} → {to} (every {:?}; Ctrl-C or SIGTERM to stop)",
+            opts.db.display(),
+            opts.interval
+        ),
+        LogTo::Tracing => tracing::info!(
+            database = %opts.db.display(),
+            destinations = %to,
+            "replication started (every {:?})",
+            opts.interval
+        ),
+    }
     let mut next_txid = 1;
     for d in dests {
         let state = crate::repo::load(d)?.state;
@@ -218,7 +245,9 @@ impl Replicator<'_> {
                 }
                 Poll::Lost(why) => {
                     self.flush_best_effort();
-                    eprintln!("cairn replicate: {why}; starting a new generation");
+                    self.opts
+                        .log
+                        .warn(&format!("{why}; starting a new generation"));
                     self.start_generation(if why.contains("replaced") {
                         "db-replaced"
                     } else {
@@ -228,12 +257,18 @@ impl Replicator<'_> {
                 }
             }
             match self.flush() {
-                Ok(()) => last_ship_error = None,
+                Ok(()) => {
+                    if last_ship_error.take().is_some() {
+                        self.opts.log.info("shipping again");
+                    }
+                    self.opts.status.lock().unwrap().retrying(None);
+                }
                 Err(e) => {
                     let msg = format!("{e:#}");
                     if last_ship_error.as_deref() != Some(&msg) {
-                        eprintln!("cairn replicate: {msg}; retrying");
+                        self.opts.log.warn(&format!("{msg}; retrying"));
                     }
+                    self.opts.status.lock().unwrap().retrying(Some(&msg));
                     last_ship_error = Some(msg);
                 }
             }
@@ -249,7 +284,9 @@ impl Replicator<'_> {
                     Poll::Txns(t) => self.queue(t),
                     Poll::Lost(why) => {
                         self.flush_best_effort();
-                        eprintln!("cairn replicate: {why}; starting a new generation");
+                        self.opts
+                            .log
+                            .warn(&format!("{why}; starting a new generation"));
                         self.start_generation("wal-reset")?;
                         continue;
                     }
@@ -266,6 +303,7 @@ impl Replicator<'_> {
             }
         }
         // Shut down: what is committed now goes out.
+        self.opts.status.lock().unwrap().state = State::Stopping;
         if let Poll::Txns(t) = self.tail.poll()? {
             self.queue(t);
         }
@@ -300,6 +338,11 @@ impl Replicator<'_> {
             };
             self.shipper.ship(self.dests, r)?;
             self.next_txid = r.max_txid + 1;
+            self.opts.status.lock().unwrap().shipped(
+                r.max_txid,
+                self.report.transactions,
+                self.shipper.segments,
+            );
             self.ready = None;
         }
         Ok(())
@@ -307,9 +350,9 @@ impl Replicator<'_> {
 
     fn flush_best_effort(&mut self) {
         if let Err(e) = self.flush() {
-            eprintln!(
-                "cairn replicate: {e:#}; these transactions stay in the new generation's snapshot only"
-            );
+            self.opts.log.warn(&format!(
+                "{e:#}; these transactions stay in the new generation's snapshot only"
+            ));
         }
         self.ready = None;
         self.queued.clear();
@@ -370,6 +413,11 @@ impl Replicator<'_> {
                 )?;
                 self.shipper.ship(self.dests, &mut ready)?;
                 self.next_txid = ready.max_txid + 1;
+                self.opts.status.lock().unwrap().shipped(
+                    ready.max_txid,
+                    self.report.transactions,
+                    self.shipper.segments,
+                );
             }
             let entry = GenerationEntry {
                 id: id.clone(),
@@ -392,6 +440,7 @@ impl Replicator<'_> {
                 c.note = Some(format!("replication: generation {id} ({reason})"));
                 crate::repo::write::append(d, &mut loaded, c)?;
             }
+            self.opts.status.lock().unwrap().generation(&id);
             self.generation = Some(entry);
             self.started = Instant::now();
             self.report.generations.push(id);
@@ -415,6 +464,8 @@ pub fn cli(a: ReplicateArgs, rt: &tokio::runtime::Runtime) -> Result<()> {
         lease_ttl: a.lease_ttl,
         wal_limit: a.wal_limit,
         temp_dir: a.temp_dir.unwrap_or_else(std::env::temp_dir),
+        log: LogTo::Stderr,
+        status: Default::default(),
     };
     let dests = a
         .dests

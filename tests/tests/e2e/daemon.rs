@@ -1459,3 +1459,130 @@ fn email_over_starttls_with_auth_trusts_ca_file() {
     );
     assert!(!r.stderr.contains("smtp-Pass-77"));
 }
+
+/// `cairn status --json`: the replication entry of the first database.
+fn replication_state(s: &Scratch) -> serde_json::Value {
+    let r = s.run(&["status", "-c", "cairn.toml", "--json"]);
+    if r.code != 0 {
+        return serde_json::Value::Null;
+    }
+    let v: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    v[0]["replication"].clone()
+}
+
+#[test]
+fn replicate_true_runs_a_replicator_restarted_on_sighup_and_stopped_gracefully_on_sigterm() {
+    let s = Scratch::new();
+    let db = s.make_db("app.db", 100);
+    let config = |level: u8| {
+        format!(
+            "[daemon]\nstate_dir = \"state\"\n\n[[databases]]\nname = \"app\"\nsource = \"app.db\"\ndestinations = [\"replica\"]\nschedule = {{ every = \"24h\" }}\nlevel = {level}\nreplicate = true\n"
+        )
+    };
+    write_config(&s, &config(6));
+    s.run(&["config", "check", "-c", "cairn.toml"]).ok();
+    let mut d = Daemon::start(&s, &[]);
+    wait_for("the replicator to run", Duration::from_secs(60), || {
+        replication_state(&s)["state"] == "running"
+    });
+    let c = rusqlite::Connection::open(&db).unwrap();
+    c.busy_timeout(Duration::from_secs(5)).unwrap();
+    for i in 0..10 {
+        insert_rows(&c, 1000 + i * 10, 10);
+    }
+    // A changed setting restarts it on SIGHUP; the rows go on.
+    write_config(&s, &config(3));
+    d.signal(libc::SIGHUP);
+    wait_for("the restart", Duration::from_secs(60), || {
+        d.log().contains("its settings changed")
+            && d.log().matches("replication starting").count() == 2
+    });
+    wait_for(
+        "the replicator to run again",
+        Duration::from_secs(60),
+        || replication_state(&s)["state"] == "running",
+    );
+    let r = s.run(&["status", "-c", "cairn.toml"]).ok();
+    assert!(r.stdout.contains("replication:   running"), "{}", r.stdout);
+    for i in 0..10 {
+        insert_rows(&c, 5000 + i * 10, 10);
+    }
+    drop(c);
+    let live = count_rows(&db);
+    assert_eq!(live, 300);
+    // SIGTERM at once: what was committed is shipped before the exit.
+    d.signal(libc::SIGTERM);
+    assert_eq!(d.wait(Duration::from_secs(60)), 0, "{}", d.log());
+    let log = d.log();
+    assert!(
+        log.contains("replication stopped: everything committed is shipped"),
+        "{log}"
+    );
+    let st = replication_state(&s);
+    assert_eq!(st["state"], "stopped", "{st}");
+    assert!(st["shipped_txid"].as_u64().unwrap() > 0, "{st}");
+    s.run(&["restore", "replica", "-o", "restored.db"]).ok();
+    assert_eq!(count_rows(&s.path("restored.db")), live);
+    assert!(integrity_ok(&s.path("restored.db")));
+    // The lease was released: a replicator can start at once.
+    let mut again = s
+        .cmd(&["replicate", "app.db", "replica"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(
+        again.try_wait().unwrap().is_none(),
+        "the lease was not released"
+    );
+    // SAFETY: signalling our own child by its pid.
+    unsafe { libc::kill(again.id() as libc::pid_t, libc::SIGTERM) };
+    assert!(again.wait().unwrap().success());
+}
+
+#[test]
+fn replicate_true_is_refused_for_postgres_and_a_database_not_in_wal_mode() {
+    let s = Scratch::new();
+    let c = rusqlite::Connection::open(s.path("rollback.db")).unwrap();
+    c.execute_batch("CREATE TABLE t(x); INSERT INTO t VALUES (1);")
+        .unwrap();
+    drop(c);
+    write_config(
+        &s,
+        r#"
+[[databases]]
+name = "app"
+source = "rollback.db"
+destinations = ["replica"]
+schedule = { every = "24h" }
+replicate = true
+
+[[databases]]
+name = "pg"
+source = { type = "postgres", host = "127.0.0.1", database = "shop", user = "backup" }
+destinations = ["replica-pg"]
+schedule = { every = "24h" }
+replicate = true
+"#,
+    );
+    let r = s.run(&["config", "check", "-c", "cairn.toml"]);
+    assert_ne!(r.code, 0);
+    assert!(
+        r.stderr.contains("databases[0].replicate: ")
+            && r.stderr.contains("is not in WAL mode")
+            && r.stderr.contains("PRAGMA journal_mode=WAL"),
+        "{}",
+        r.stderr
+    );
+    assert!(
+        r.stderr
+            .contains("databases[1].replicate: continuous replication is for SQLite"),
+        "{}",
+        r.stderr
+    );
+    // The daemon refuses to start with it too.
+    let r = s.run(&["daemon", "-c", "cairn.toml"]);
+    assert_ne!(r.code, 0);
+    assert!(r.stderr.contains("databases[0].replicate"), "{}", r.stderr);
+}

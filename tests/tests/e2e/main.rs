@@ -5,6 +5,7 @@
 
 mod bad_input;
 mod daemon;
+mod embed;
 mod engines;
 mod faults;
 mod hostile;

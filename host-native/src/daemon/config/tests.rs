@@ -289,3 +289,44 @@ fn smtp_settings_must_be_complete() {
     has(&p, "notifications.m.username: missing: password is set");
     has(&p, "notifications.m.on: must be");
 }
+
+#[test]
+fn replicate_needs_a_sqlite_database_in_wal_mode() {
+    let d = tempfile::tempdir().unwrap();
+    let wal = d.path().join("wal.db");
+    let c = rusqlite::Connection::open(&wal).unwrap();
+    c.execute_batch("PRAGMA journal_mode=WAL; CREATE TABLE t(x);")
+        .unwrap();
+    drop(c);
+    let rollback = d.path().join("rollback.db");
+    let c = rusqlite::Connection::open(&rollback).unwrap();
+    c.execute_batch("CREATE TABLE t(x);").unwrap();
+    drop(c);
+    let db = |source: &str, replicate: &str| {
+        format!(
+            "[[databases]]\nname = \"a\"\nsource = {source}\ndestinations = [\"/b\"]\nschedule = {{ every = \"1h\" }}\nreplicate = {replicate}\n"
+        )
+    };
+    let cfg = parse_in(d.path(), &db("\"wal.db\"", "true")).unwrap();
+    assert!(cfg.databases[0].replicate);
+    let cfg = parse_in(d.path(), &db("\"rollback.db\"", "false")).unwrap();
+    assert!(!cfg.databases[0].replicate);
+    let msg = |t: String| match parse_in(d.path(), &t) {
+        Ok(_) => panic!("accepted: {t}"),
+        Err(p) => p.list.iter().map(|p| p.to_string()).collect::<Vec<_>>(),
+    };
+    let l = msg(db("\"rollback.db\"", "true"));
+    has(&l, "databases[0].replicate: ");
+    has(&l, "is not in WAL mode");
+    has(&l, "PRAGMA journal_mode=WAL");
+    let l = msg(db(
+        "{ type = \"postgres\", host = \"h\", database = \"d\", user = \"u\" }",
+        "true",
+    ));
+    has(
+        &l,
+        "databases[0].replicate: continuous replication is for SQLite",
+    );
+    let l = msg(db("\"wal.db\"", "\"yes\""));
+    has(&l, "databases[0].replicate: must be true or false");
+}
