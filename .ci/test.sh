@@ -26,8 +26,8 @@ cargo test --release --locked --workspace --no-fail-fast 2>&1 | tee "$CARGO_TARG
 
 say "benchmark smoke run (bench/run.sh --smoke: 20 MiB, every peer, the table must be well-formed)"
 bash bench/run.sh --smoke
-say "fuzzing: every target for ${CAIRN_FUZZ_SECONDS:-30}s (fuzz/run.sh; long runs: fuzz/run.sh 3600)"
-bash fuzz/run.sh "${CAIRN_FUZZ_SECONDS:-30}"
+say "fuzzing: every target for ${CAIRN_FUZZ_SECONDS:-30}s, two at a time (fuzz/run.sh; long runs: fuzz/run.sh 3600)"
+CAIRN_FUZZ_JOBS=2 bash fuzz/run.sh "${CAIRN_FUZZ_SECONDS:-30}"
 summary=$(grep -E '^test result:' "$CARGO_TARGET_DIR/test.log" |
     awk '{p += $4; f += $6} END {printf "%d passed, %d failed", p, f}')
 say "done in $((SECONDS - started))s"

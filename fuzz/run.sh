@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Runs every cairn fuzz target (or those named) for SECONDS each, one at a
-# time under `nice -n 19`, and prints target|execs|seconds|result.
+# Runs every cairn fuzz target (or those named) for SECONDS each,
+# CAIRN_FUZZ_JOBS at a time (default 1) under `nice -n 19`, and prints target|execs|seconds|result.
 #   fuzz/run.sh [SECONDS] [TARGET...]      SECONDS defaults to 3600
 # Needs the nightly toolchain and cargo-fuzz (.ci/setup.sh installs both).
 # Builds into $CAIRN_FUZZ_TARGET_DIR (default: $CARGO_TARGET_DIR/fuzz, outside
@@ -43,12 +43,10 @@ fi
 # Release with debug assertions (overflow checks) and AddressSanitizer.
 nice -n 19 cargo +nightly fuzz build --debug-assertions --target-dir "$tdir" >&2
 
-rows=()
-failed=0
-for t in "${targets[@]}"; do
+# One target: its row goes to $tdir/$t.row ("target|execs|seconds|result").
+run_one() {
+    local t=$1 log="$tdir/$1.log" start=$SECONDS rc took execs rss result what unit
     mkdir -p "$corpus/$t" "artifacts/$t" "seeds/$t"
-    log="$tdir/$t.log"
-    start=$SECONDS
     set +e
     nice -n 19 cargo +nightly fuzz run --debug-assertions --target-dir "$tdir" "$t" \
         "$corpus/$t" "seeds/$t" -- \
@@ -65,13 +63,32 @@ for t in "${targets[@]}"; do
     if [ $rc -eq 0 ]; then
         result="ok (peak RSS ${rss:-?} MB)"
     else
-        failed=1
         what=$(grep -oE 'panicked at [^ ]+|ERROR: (libFuzzer|AddressSanitizer): [a-z-]+' "$log" | head -1)
         unit=$(grep -oE 'Test unit written to [^ ]+' "$log" | tail -1 | awk '{print $5}')
         result="FAILED (${what:-exit $rc}) ${unit:-see $log}"
     fi
-    rows+=("$t|${execs:-0}|$took|$result")
+    echo "$t|${execs:-0}|$took|$result" >"$tdir/$t.row"
     echo "fuzz: $t: ${execs:-0} executions in ${took}s: $result" >&2
+}
+
+# CAIRN_FUZZ_JOBS targets at once (default 1; the test command uses one per
+# core, since nothing else runs then).
+parallel=${CAIRN_FUZZ_JOBS:-1}
+for t in "${targets[@]}"; do
+    rm -f "$tdir/$t.row"
+    while [ "$(jobs -rp | wc -l)" -ge "$parallel" ]; do
+        wait -n || true
+    done
+    run_one "$t" &
+done
+wait
+
+failed=0
+rows=()
+for t in "${targets[@]}"; do
+    row=$(cat "$tdir/$t.row" 2>/dev/null || echo "$t|0|0|FAILED (no result)")
+    case $row in *"|FAILED"*) failed=1 ;; esac
+    rows+=("$row")
 done
 
 echo "target|execs|seconds|result"
