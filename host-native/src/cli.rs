@@ -34,7 +34,7 @@ Destinations: a directory, file://, s3://bucket/prefix[?endpoint=…&region=…
 A destination holds snapshots/, cairn.json, log/ and checkpoints/; nothing
 else is needed to restore (plus the key, if encrypted). Unencrypted archives
 are gzip files: `gunzip -c backups/snapshots/<id>.db.gz > app.db` works
-without cairn.";
+without cairn (with --codec zstd: `zstd -d -c …/<id>.db.zst > app.db`).";
 
 #[derive(Parser, Debug)]
 #[command(name = "cairn", version, about = "Backups of SQLite and PostgreSQL databases you can trust: consistent, compressed, encrypted, verified in a sandbox.", after_help = AFTER_HELP)]
@@ -762,12 +762,13 @@ fn print_backup(r: &backup::BackupReport) {
     }
     {
         eprintln!(
-            "backed up {} ({}) to {} ({}, {:.0}% of the database, {}) in {:.2}s",
+            "backed up {} ({}) to {} ({}, {:.0}% of the database, {}, {}) in {:.2}s",
             r.database,
             mib(r.plain_size),
             r.location,
             mib(r.stored_size),
             100.0 * r.stored_size as f64 / r.plain_size.max(1) as f64,
+            r.compression,
             if r.encryption == "none" {
                 "not encrypted".to_string()
             } else {

@@ -22,3 +22,4 @@ mod spec;
 mod storage_s3;
 mod storage_sftp;
 mod sweep;
+mod zstd;

@@ -289,3 +289,37 @@ fn smtp_settings_must_be_complete() {
     has(&p, "notifications.m.username: missing: password is set");
     has(&p, "notifications.m.on: must be");
 }
+
+#[test]
+fn codec_defaults_by_encryption_and_levels_follow_the_codec() {
+    let db = |extra: &str| {
+        format!(
+            "[[databases]]\nname = \"app\"\nsource = \"app.db\"\ndestinations = [\"b\"]\nschedule = {{ every = \"24h\" }}\n{extra}\n"
+        )
+    };
+    let d = tempfile::tempdir().unwrap();
+    let c = parse_in(d.path(), &db("")).unwrap();
+    assert_eq!(
+        (c.databases[0].codec, c.databases[0].level),
+        (crate::backup::Codec::Gzip, 6)
+    );
+    let c = parse_in(d.path(), &db("key_env = \"K\"")).unwrap();
+    assert_eq!(
+        (c.databases[0].codec, c.databases[0].level),
+        (crate::backup::Codec::Zstd, 3)
+    );
+    let c = parse_in(d.path(), &db("codec = \"zstd\"\nlevel = 19")).unwrap();
+    assert_eq!(c.databases[0].level, 19);
+    has(
+        &problems(&db("codec = \"lz4\"")),
+        "databases[0].codec: \"lz4\" is not a codec: use gzip or zstd",
+    );
+    has(
+        &problems(&db("codec = \"zstd\"\nlevel = 0")),
+        "databases[0].level: 0 is out of range for zstd",
+    );
+    has(
+        &problems(&db("level = 12")),
+        "databases[0].level: 12 is out of range for gzip",
+    );
+}
