@@ -27,6 +27,7 @@ fi
 
 need_apt=()
 command -v gunzip >/dev/null || need_apt+=(gzip)
+command -v zstd >/dev/null || need_apt+=(zstd)
 command -v sqlite3 >/dev/null || need_apt+=(sqlite3)
 # SQLite compiled into the sandboxed verifier (cairn-wasi, wasm32-wasip2) needs
 # a C compiler for wasm: Debian's clang-19 with wasi-libc.

@@ -276,10 +276,12 @@ class Bench:
             raise BenchError(f"{what}: the restored database differs ({got} != {self.expected})")
 
     # ---- cairn
-    def cairn_backup(self, rep_dir, name, level=None, encrypt=False, engine="native"):
+    def cairn_backup(self, rep_dir, name, level=None, encrypt=False, engine="native", codec=None):
         dest = fresh(rep_dir / name)
         argv = [self.cairn, "backup", self.db, dest, "-q", "--json", "--engine", engine,
                 "--temp-dir", self.work / "tmp"]
+        if codec is not None:
+            argv += ["--codec", codec]
         if level is not None:
             argv += ["--level", str(level)]
         if encrypt:
@@ -1103,7 +1105,10 @@ def main():
     ap.add_argument("--size", type=parse_size, default=1 << 30, help="database size (default 1G)")
     ap.add_argument("--reps", type=int, default=3, help="timed repetitions, median reported (default 3)")
     ap.add_argument("--warmup", type=int, default=1, help="untimed rounds first (default 1)")
-    ap.add_argument("--levels", default="1,3,6,9", help="cairn levels for the curve (default 1,3,6,9; '' for none)")
+    ap.add_argument("--levels", default="1,3,6,9",
+                    help="cairn gzip (deflate) levels for the curve (default 1,3,6,9; '' for none)")
+    ap.add_argument("--zstd-levels", default="1,3,6,9",
+                    help="cairn zstd levels for the curve (default 1,3,6,9; '' for none)")
     ap.add_argument("--skip", default="", help="peers/parts to leave out: gzip,pigz,restic,litestream,s3,pg")
     ap.add_argument("--cache-dir", type=Path,
                     default=Path(os.environ.get("CAIRN_BENCH_CACHE", Path.home() / ".cache" / "cairn-bench")))
@@ -1114,7 +1119,7 @@ def main():
     ap.add_argument("--pg-scale", type=int, default=100,
                     help="pgbench scale of the PostgreSQL part (default 100, about 1.5 GB; --smoke: 1)")
     ap.add_argument("--smoke", action="store_true",
-                    help="a quick run for CI: 20M, 1 rep, no warm-up, levels 1,9, pgbench scale 1; "
+                    help="a quick run for CI: 20M, 1 rep, no warm-up, levels 1,9 (zstd 1,3), pgbench scale 1; "
                          "checks the tables are well-formed")
     a = ap.parse_args()
     explicit = {x.split("=")[0] for x in sys.argv[1:] if x.startswith("--")}
@@ -1127,6 +1132,8 @@ def main():
             a.warmup = 0
         if "--levels" not in explicit:
             a.levels = "1,9"
+        if "--zstd-levels" not in explicit:
+            a.zstd_levels = "1,3"
         if "--pg-scale" not in explicit:
             a.pg_scale = 1
     a.only_s3 = a.only == "s3"
@@ -1134,7 +1141,9 @@ def main():
     unknown = skip - {"gzip", "pigz", "restic", "litestream", "s3", "pg"}
     if unknown:
         ap.error(f"--skip: unknown peer(s) {', '.join(sorted(unknown))}")
-    levels = [int(x) for x in a.levels.split(",") if x.strip()]
+    # The level curve: (codec, level) pairs, both codecs.
+    levels = [("gzip", int(x)) for x in a.levels.split(",") if x.strip()]
+    levels += [("zstd", int(x)) for x in a.zstd_levels.split(",") if x.strip()]
     a.cairn = str(Path(a.cairn).resolve())
 
     try:
@@ -1200,11 +1209,11 @@ def measure(a, b, db, work, skip, levels):
             if timed:
                 samples[label].append(s)
         if timed and not a.only_s3:
-            for lv in levels:
-                s = b.cairn_backup(rep_dir, f"level-{lv}", level=lv, encrypt=True)
-                say(f"  cairn --level {lv} (encrypted): {s.seconds:.2f}s, {human(s.out_bytes)}")
-                lvl_samples[lv].append(s)
-                shutil.rmtree(rep_dir / f"level-{lv}")
+            for codec, lv in levels:
+                s = b.cairn_backup(rep_dir, f"level-{codec}-{lv}", level=lv, encrypt=True, codec=codec)
+                say(f"  cairn --codec {codec} --level {lv} (encrypted): {s.seconds:.2f}s, {human(s.out_bytes)}")
+                lvl_samples[(codec, lv)].append(s)
+                shutil.rmtree(rep_dir / f"level-{codec}-{lv}")
         shutil.rmtree(rep_dir)
 
     all_rows = [summarize(label, tool, kind, samples[label], size) for tool, label, kind, _ in ops]
@@ -1235,8 +1244,10 @@ def measure(a, b, db, work, skip, levels):
     lv_rows = []
     pigz = by.get("sqlite3 .backup + pigz -6")
     gz = by.get("sqlite3 .backup + gzip -6")
-    for lv in levels:
-        r = summarize(f"cairn --level {lv} (encrypted, native)", "cairn", "backup", lvl_samples[lv], size)
+    for codec, lv in levels:
+        r = summarize(f"cairn --codec {codec} --level {lv} (encrypted, native)", "cairn", "backup",
+                      lvl_samples[(codec, lv)], size)
+        r["codec"] = codec
         r["level"] = lv
         r["ratio"] = (pigz["median_s"] / r["median_s"]) if pigz else None
         r["le_gzip6"] = (r["output_bytes"] <= gz["output_bytes"]) if gz else None
@@ -1251,9 +1262,10 @@ def measure(a, b, db, work, skip, levels):
     if snap:
         print(f"(of which sqlite3 .backup alone: median {statistics.median(snap):.3f}s)")
     if lv_rows:
-        print("\nLevel curve: cairn backup --level N --key-file (native). ratio = pigz -6 time / this.")
-        head = ["level", "median s", "MB/s", "output", "% of db", "<= gzip -6", "ratio vs pigz", "peak RSS MiB"]
-        body = [[str(r["level"]), f"{r['median_s']:.3f}", f"{r['mb_per_s']:.1f}", human(r["output_bytes"]),
+        print("\nLevel curve: cairn backup --codec C --level N --key-file (native). "
+              "ratio = pigz -6 time / this.")
+        head = ["codec", "level", "median s", "MB/s", "output", "% of db", "<= gzip -6", "ratio vs pigz", "peak RSS MiB"]
+        body = [[r["codec"], str(r["level"]), f"{r['median_s']:.3f}", f"{r['mb_per_s']:.1f}", human(r["output_bytes"]),
                  f"{r['output_pct_of_db']:.1f}", {True: "yes", False: "no", None: "-"}[r["le_gzip6"]],
                  fmt(r["ratio"], ".2f"), f"{r['peak_rss_mib']:.1f}"] for r in lv_rows]
         w = [max(len(h), *(len(x[i]) for x in body)) for i, h in enumerate(head)]
@@ -1277,7 +1289,7 @@ def measure(a, b, db, work, skip, levels):
         "machine": machine_info(),
         "versions": versions(b, skip),
         "database": {"path": str(db), "bytes": size, "rows": b.expected[0]},
-        "settings": {"reps": a.reps, "warmup": a.warmup, "levels": levels, "skip": sorted(skip), "smoke": a.smoke},
+        "settings": {"reps": a.reps, "warmup": a.warmup, "levels": [f"{c}-{lv}" for c, lv in levels], "skip": sorted(skip), "smoke": a.smoke},
         "notes": ["MB = 10^6 bytes; MB/s = database size / median time",
                   "multi-step ops (.backup then gzip) report the sum of times and the max of peak RSS",
                   "peak RSS is ru_maxrss of each command, measured by GNU time (%M)",

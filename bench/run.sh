@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # cairn's benchmark, one command from a clean clone (bench/README.md):
-#   bash bench/run.sh [--size 1G] [--reps 3] [--levels 1,3,6,9] [--skip litestream,pg,...] [--json FILE]
+#   bash bench/run.sh [--size 1G] [--reps 3] [--levels 1,3,6,9] [--zstd-levels 1,3,6,9] [--skip litestream,pg,...] [--json FILE]
 #   bash bench/run.sh --smoke      # 20 MiB, 1 rep, pgbench scale 1: what .ci/test.sh runs
 #   bash bench/run.sh --only pg    # PostgreSQL only: pgbench scale 100 (--pg-scale N)
 # Builds cairn (release; CAIRN_BIN=path uses that binary instead), installs the

@@ -237,11 +237,26 @@ pub fn snapshot_object_key(id: &str, encrypted: bool) -> String {
 /// Where a backup of `source` lives: the extension tells people what a
 /// decoded copy is (`.db` a SQLite file, `.pgdump` a pg_dump archive).
 pub fn object_key(id: &str, source: crate::SourceKind, encrypted: bool) -> String {
+    archive_object_key(id, source, encrypted, false)
+}
+
+/// [`object_key`] for any codec: an unencrypted zstd archive ends in `.zst`
+/// (it opens with `zstd -d`), an unencrypted deflate one in `.gz`.
+pub fn archive_object_key(
+    id: &str,
+    source: crate::SourceKind,
+    encrypted: bool,
+    zstd: bool,
+) -> String {
     let what = match source {
         crate::SourceKind::Postgres => "pgdump",
         crate::SourceKind::Sqlite | crate::SourceKind::File => "db",
     };
-    let ext = if encrypted { "cairn" } else { "gz" };
+    let ext = match (encrypted, zstd) {
+        (true, _) => "cairn",
+        (false, true) => "zst",
+        (false, false) => "gz",
+    };
     format!("{SNAPSHOT_PREFIX}{id}.{what}.{ext}")
 }
 

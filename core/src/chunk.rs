@@ -141,6 +141,68 @@ pub fn inflate(index: u64, data: &[u8], limit: usize) -> Result<Vec<u8>> {
     }
 }
 
+/// One zstd frame at `level`, with the content size and a content checksum
+/// in its header (so plain `zstd -d` checks each chunk too). Compressed as
+/// one buffer with known size: the output depends only on the input, the
+/// level and the zstd version, not on the CPU.
+pub fn zstd_compress(data: &[u8], level: u8) -> Vec<u8> {
+    use zstd::bulk::Compressor;
+    thread_local! {
+        static CACHED: RefCell<Option<(u8, Compressor<'static>)>> = const { RefCell::new(None) };
+    }
+    CACHED.with_borrow_mut(|cached| {
+        let c = match cached {
+            Some((l, c)) if *l == level => c,
+            _ => {
+                let mut c = Compressor::new(level.into()).expect("zstd makes a context");
+                c.include_checksum(true).expect("a valid zstd parameter");
+                c.include_contentsize(true).expect("a valid zstd parameter");
+                &mut cached.insert((level, c)).1
+            }
+        };
+        c.compress(data)
+            .expect("zstd compresses into its own bound")
+    })
+}
+
+/// Decompresses a chunk that must be exactly one zstd frame, refusing to
+/// produce more than `limit` bytes: the output buffer is allocated once at
+/// `limit` and zstd decodes into it, so a hostile frame (huge window, huge
+/// claimed size) cannot make the reader allocate more.
+pub fn zstd_decompress(index: u64, data: &[u8], limit: usize) -> Result<Vec<u8>> {
+    use zstd::zstd_safe;
+    thread_local! {
+        static DCTX: RefCell<Option<zstd_safe::DCtx<'static>>> = const { RefCell::new(None) };
+    }
+    let invalid = |why: &str| Error::corrupt(index, format!("zstd data is invalid ({why})"));
+    if data.len() < 4 || data[..4] != zstd_safe::MAGICNUMBER.to_le_bytes() {
+        return Err(invalid("not a zstd frame"));
+    }
+    match zstd_safe::find_frame_compressed_size(data) {
+        Ok(n) if n == data.len() => {}
+        Ok(_) => return Err(invalid("not exactly one frame")),
+        Err(_) => return Err(invalid("its frame is cut short or damaged")),
+    }
+    if let Ok(Some(n)) = zstd_safe::get_frame_content_size(data)
+        && n > limit as u64
+    {
+        return Err(invalid(&format!(
+            "it decompresses to more than the chunk size, {limit} bytes"
+        )));
+    }
+    let mut out: Vec<u8> = Vec::with_capacity(limit);
+    DCTX.with_borrow_mut(|d| {
+        let d = d.get_or_insert_with(zstd_safe::DCtx::create);
+        match d.decompress(&mut out, data) {
+            Ok(_) => Ok(out),
+            Err(code) if zstd_safe::get_error_name(code).contains("too small") => Err(invalid(
+                &format!("it decompresses to more than the chunk size, {limit} bytes"),
+            )),
+            Err(code) => Err(invalid(zstd_safe::get_error_name(code))),
+        }
+    })
+}
+
 /// The end-of-archive record.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Trailer {

@@ -100,7 +100,11 @@ fn writer_params(p: w::WriterParams) -> Result<WriterParams, w::Error> {
         created_at_ms: p.created_at_ms,
         page_size: p.page_size,
         chunk_size: p.chunk_size,
-        compression: Compression::from_level(p.compression_level).map_err(err)?,
+        compression: match p.codec {
+            w::CodecId::Deflate => Compression::from_level(p.compression_level),
+            w::CodecId::Zstd => Compression::zstd(p.compression_level),
+        }
+        .map_err(err)?,
         encryption,
     })
 }
@@ -248,6 +252,8 @@ impl codec::Guest for Component {
             crate::Kind::CairnEncrypted => w::Kind::CairnEncrypted,
             crate::Kind::Gzip { cairn: true } => w::Kind::CairnGzip,
             crate::Kind::Gzip { cairn: false } => w::Kind::Gzip,
+            crate::Kind::Zstd { cairn: true } => w::Kind::CairnZstd,
+            crate::Kind::Zstd { cairn: false } => w::Kind::Zstd,
             crate::Kind::Sqlite => w::Kind::Sqlite,
             crate::Kind::PgDumpCustom => w::Kind::PgDumpCustom,
             crate::Kind::SqlText => w::Kind::SqlText,

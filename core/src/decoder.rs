@@ -71,10 +71,15 @@ impl ArchiveReader {
                 match self.meta.compression {
                     Compression::None => body,
                     Compression::Deflate { .. } => chunk::inflate(c.index, &body, limit)?,
+                    Compression::Zstd { .. } => chunk::zstd_decompress(c.index, &body, limit)?,
                 }
             }
             None => {
-                let plain = chunk::inflate(c.index, &c.body, limit)?;
+                let plain = if self.meta.compression.is_zstd() {
+                    chunk::zstd_decompress(c.index, &c.body, limit)?
+                } else {
+                    chunk::inflate(c.index, &c.body, limit)?
+                };
                 if plain.len() != c.plain_len as usize || crc32fast::hash(&plain) != c.plain_crc {
                     return Err(Error::corrupt(
                         c.index,

@@ -84,6 +84,9 @@ impl ArchiveWriter {
     pub fn preamble(&self) -> Vec<u8> {
         match self.cipher {
             Some(_) => self.header.clone(),
+            None if self.meta.compression.is_zstd() => {
+                frame::zstd_skippable(SUB_HEADER, &self.header)
+            }
             None => {
                 let mut out = frame::gzip_member_head(SUB_HEADER, &self.header);
                 out.extend_from_slice(&frame::EMPTY_MEMBER_TAIL);
@@ -109,10 +112,25 @@ impl ArchiveWriter {
             Some(c) => {
                 let body = match self.meta.compression {
                     Compression::None => data.to_vec(),
+                    Compression::Zstd { level } => chunk::zstd_compress(data, level),
                     level => chunk::deflate(data, level),
                 };
                 let sealed = chunk::seal(c, index, false, &self.header, body);
                 Ok(self.encrypted_frame(index, KIND_DATA, sealed))
+            }
+            None if self.meta.compression.is_zstd() => {
+                let z = chunk::zstd_compress(data, self.meta.compression.level());
+                let ck = frame::zck_payload(
+                    &self.meta.archive_id,
+                    index,
+                    z.len() as u32,
+                    data.len() as u32,
+                    crc32fast::hash(data),
+                    crc32fast::hash(&z),
+                );
+                let mut out = frame::zstd_skippable(SUB_CHUNK, &ck);
+                out.extend_from_slice(&z);
+                Ok(out)
             }
             None => {
                 let deflated = chunk::deflate(data, self.meta.compression);
@@ -144,6 +162,9 @@ impl ArchiveWriter {
             None => {
                 let mut ct = record.to_vec();
                 ct.extend_from_slice(&crc32fast::hash(&record).to_le_bytes());
+                if self.meta.compression.is_zstd() {
+                    return frame::zstd_skippable(SUB_TRAILER, &ct);
+                }
                 let mut out = frame::gzip_member_head(SUB_TRAILER, &ct);
                 out.extend_from_slice(&frame::EMPTY_MEMBER_TAIL);
                 out

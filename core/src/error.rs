@@ -88,7 +88,7 @@ pub enum Error {
     #[error("not a cairn archive ({0})")]
     NotAnArchive(String),
     #[error(
-        "archive format version {0} is not supported (this cairn reads version 1); upgrade cairn"
+        "archive format version {0} is not supported (this cairn reads versions 1 and 2); upgrade cairn"
     )]
     UnsupportedVersion(u8),
     #[error("archive header is corrupted ({0})")]

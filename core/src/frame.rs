@@ -1,6 +1,7 @@
 //! The two containers' framing, and a sans-I/O parser that cuts a byte stream
 //! into header and chunk frames without decompressing or decrypting anything.
-//! See docs/FORMAT.md §3 (encrypted container) and §6 (gzip container).
+//! See docs/FORMAT.md §3 (encrypted container), §6 (gzip container) and
+//! §14 (zstd container).
 //!
 //! Every frame names its archive and its position, protected by a CRC-32, so
 //! damage is reported precisely: "chunk 7 belongs to another archive" rather
@@ -28,6 +29,16 @@ pub const CT_LEN: usize = crate::chunk::TRAILER_LEN + 4;
 /// The deflate stream of an empty member, then its CRC-32 and ISIZE (both 0).
 pub const EMPTY_MEMBER_TAIL: [u8; 10] = [0x03, 0x00, 0, 0, 0, 0, 0, 0, 0, 0];
 
+/// Skippable-frame magic (RFC 8878 §3.1.2) of the zstd container's own
+/// frames; `zstd -d` skips them. Then a u32 length and a subfield id.
+pub const ZSTD_SKIP_MAGIC: [u8; 4] = 0x184D_2A5C_u32.to_le_bytes();
+/// A zstd data frame's magic.
+pub const ZSTD_MAGIC: [u8; 4] = 0xFD2F_B528_u32.to_le_bytes();
+/// zstd 'CK' payload: archive id, index, frame length, plain length, plain
+/// CRC-32, CRC-32 of the zstd frame, CRC-32 of the previous fields. The
+/// frame's own CRC catches flips in bits a zstd decoder ignores.
+pub const ZCK_LEN: usize = 16 + 8 + 4 + 4 + 4 + 4 + 4;
+
 /// Largest sealed or deflated chunk body a reader accepts for a chunk size:
 /// deflate never expands more than a few bytes per 64 KiB block.
 pub fn max_body_len(chunk_size: u32) -> usize {
@@ -41,9 +52,10 @@ pub struct RawChunk {
     pub index: u64,
     /// The final (trailer) frame rather than a data chunk.
     pub last: bool,
-    /// Sealed bytes (encrypted), deflate bytes (gzip data) or the trailer record (gzip final).
+    /// Sealed bytes (encrypted), deflate bytes (gzip data), one zstd frame
+    /// (zstd data) or the trailer record (gzip and zstd final).
     pub body: Vec<u8>,
-    /// Gzip only: the member's CRC-32 and length of the plain chunk.
+    /// Gzip and zstd only: the CRC-32 and length of the plain chunk.
     pub plain_crc: u32,
     pub plain_len: u32,
 }
@@ -58,6 +70,7 @@ pub enum Event {
 enum Container {
     Encrypted,
     Gzip,
+    Zstd,
 }
 
 /// Splits an archive into frames. Feed bytes with [`push`](Self::push), take
@@ -137,6 +150,13 @@ impl FrameParser {
                 };
                 Ok(Some(self.emit(chunk, used)))
             }
+            Some(Container::Zstd) => {
+                let Some((chunk, used)) = parse_zstd_frames(avail, self.meta(), self.next_index)?
+                else {
+                    return Ok(None);
+                };
+                Ok(Some(self.emit(chunk, used)))
+            }
         }
     }
 
@@ -190,6 +210,20 @@ impl FrameParser {
         if avail[0] == 0x1f && avail.len() < 2 {
             return Ok(None);
         }
+        if avail[0] == ZSTD_SKIP_MAGIC[0] || avail[0] == ZSTD_MAGIC[0] {
+            if avail.len() < 4 {
+                return Ok(None);
+            }
+            if avail[..4] == ZSTD_SKIP_MAGIC {
+                return self.parse_zstd_header();
+            }
+            if avail[..4] == ZSTD_MAGIC {
+                return Err(Error::NotAnArchive(
+                    "it is a zstd file, but not one written by cairn (decompress it with zstd -d)"
+                        .into(),
+                ));
+            }
+        }
         if avail[0] != MAGIC[0] {
             return Err(Error::NotAnArchive(format!(
                 "it is {}",
@@ -241,10 +275,173 @@ impl FrameParser {
                 "an encrypted header in the gzip container".into(),
             ));
         }
+        if meta.compression.is_zstd() {
+            return Err(Error::CorruptHeader(
+                "a zstd header in the gzip container".into(),
+            ));
+        }
         self.pos += used + EMPTY_MEMBER_TAIL.len();
         self.container = Some(Container::Gzip);
         self.meta = Some(meta.clone());
         Ok(Some(Event::Header { bytes, meta }))
+    }
+}
+
+impl FrameParser {
+    fn parse_zstd_header(&mut self) -> Result<Option<Event>> {
+        let avail = &self.buf[self.pos..];
+        let Some((id, payload, used)) = parse_skippable(avail, header::MAX_METADATA_LEN + 64)?
+        else {
+            return Ok(None);
+        };
+        if id != SUB_HEADER {
+            return Err(Error::CorruptHeader(
+                "the first zstd skippable frame is not a cairn header".into(),
+            ));
+        }
+        let bytes = payload.to_vec();
+        let meta = Metadata::from_header_bytes(&bytes)?;
+        if meta.encryption.is_encrypted() {
+            return Err(Error::CorruptHeader(
+                "an encrypted header in the zstd container".into(),
+            ));
+        }
+        if !meta.compression.is_zstd() {
+            return Err(Error::CorruptHeader(format!(
+                "a {} header in the zstd container",
+                meta.compression.describe()
+            )));
+        }
+        self.pos += used;
+        self.container = Some(Container::Zstd);
+        self.meta = Some(meta.clone());
+        Ok(Some(Event::Header { bytes, meta }))
+    }
+}
+
+/// A cairn skippable frame: magic, u32 length, 2-byte subfield id, payload.
+pub fn zstd_skippable(id: [u8; 2], payload: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(10 + payload.len());
+    out.extend_from_slice(&ZSTD_SKIP_MAGIC);
+    out.extend_from_slice(&((payload.len() + 2) as u32).to_le_bytes());
+    out.extend_from_slice(&id);
+    out.extend_from_slice(payload);
+    out
+}
+
+/// A cairn skippable frame's id, payload and total length; `max` bounds the
+/// payload a reader will wait for.
+fn parse_skippable(b: &[u8], max: usize) -> Result<Option<MemberExtra<'_>>> {
+    let n = b.len().min(4);
+    if b[..n] != ZSTD_SKIP_MAGIC[..n] {
+        return Err(Error::CorruptHeader(
+            "a zstd skippable frame is not the one cairn writes".into(),
+        ));
+    }
+    if b.len() < 8 {
+        return Ok(None);
+    }
+    let len = u32_at(b, 4) as usize;
+    if !(2..=max + 2).contains(&len) {
+        return Err(Error::CorruptHeader(format!(
+            "a cairn skippable frame's length {len} is out of range"
+        )));
+    }
+    if b.len() < 8 + len {
+        return Ok(None);
+    }
+    Ok(Some(([b[8], b[9]], &b[10..8 + len], 8 + len)))
+}
+
+pub fn zck_payload(
+    archive_id: &[u8; 16],
+    index: u64,
+    frame_len: u32,
+    plain_len: u32,
+    plain_crc: u32,
+    frame_crc: u32,
+) -> [u8; ZCK_LEN] {
+    let mut p = [0u8; ZCK_LEN];
+    p[..16].copy_from_slice(archive_id);
+    p[16..24].copy_from_slice(&index.to_le_bytes());
+    p[24..28].copy_from_slice(&frame_len.to_le_bytes());
+    p[28..32].copy_from_slice(&plain_len.to_le_bytes());
+    p[32..36].copy_from_slice(&plain_crc.to_le_bytes());
+    p[36..40].copy_from_slice(&frame_crc.to_le_bytes());
+    let crc = crc32fast::hash(&p[..40]);
+    p[40..].copy_from_slice(&crc.to_le_bytes());
+    p
+}
+
+fn parse_zstd_frames(
+    b: &[u8],
+    meta: &Metadata,
+    position: u64,
+) -> Result<Option<(RawChunk, usize)>> {
+    let parsed = parse_skippable(b, ZCK_LEN.max(CT_LEN)).map_err(|e| match e {
+        Error::CorruptHeader(r) => Error::corrupt(position, r),
+        other => other,
+    })?;
+    let Some((id, p, used)) = parsed else {
+        return Ok(None);
+    };
+    match id {
+        SUB_CHUNK => {
+            if p.len() != ZCK_LEN || crc32fast::hash(&p[..40]) != u32_at(p, 40) {
+                return Err(Error::corrupt(
+                    position,
+                    "its zstd skippable frame checksum does not match",
+                ));
+            }
+            check_identity(meta, position, &p[..16], u64_at(p, 16))?;
+            let frame_len = u32_at(p, 24) as usize;
+            let plain_len = u32_at(p, 28);
+            if frame_len > max_body_len(meta.chunk_size)
+                || plain_len == 0
+                || plain_len > meta.chunk_size
+            {
+                return Err(Error::corrupt(position, "its lengths are out of range"));
+            }
+            let end = used + frame_len;
+            if b.len() < end {
+                return Ok(None);
+            }
+            if crc32fast::hash(&b[used..end]) != u32_at(p, 36) {
+                return Err(Error::corrupt(
+                    position,
+                    "its zstd frame's CRC-32 does not match",
+                ));
+            }
+            Ok(Some((
+                RawChunk {
+                    index: position,
+                    last: false,
+                    body: b[used..end].to_vec(),
+                    plain_crc: u32_at(p, 32),
+                    plain_len,
+                },
+                end,
+            )))
+        }
+        SUB_TRAILER => {
+            if p.len() != CT_LEN || crc32fast::hash(&p[..CT_LEN - 4]) != u32_at(p, CT_LEN - 4) {
+                return Err(Error::CorruptTrailer("its checksum does not match".into()));
+            }
+            Ok(Some((
+                RawChunk {
+                    index: position,
+                    last: true,
+                    body: p[..CT_LEN - 4].to_vec(),
+                    plain_crc: 0,
+                    plain_len: 0,
+                },
+                used,
+            )))
+        }
+        _ => Err(Error::corrupt(
+            position,
+            "its zstd skippable frame is not a cairn chunk",
+        )),
     }
 }
 

@@ -13,7 +13,15 @@ use crate::{MAX_CHUNK_SIZE, MIN_CHUNK_SIZE};
 /// `\x89CAIRN\r\n\x1a\n`: a high byte (not text), the name, and the
 /// line-ending and EOF bytes that catch text-mode transfer damage, as in PNG.
 pub const MAGIC: [u8; 10] = [0x89, b'C', b'A', b'I', b'R', b'N', 0x0d, 0x0a, 0x1a, 0x0a];
+/// The version of archives compressed with deflate (or not at all).
 pub const FORMAT_VERSION: u8 = 1;
+/// The version of zstd archives: readers of version 1 only refuse them
+/// with "upgrade cairn" instead of misreading the codec.
+pub const FORMAT_VERSION_ZSTD: u8 = 2;
+/// zstd levels cairn writes and accepts (zstd's 20..22 need a window larger
+/// than any chunk, so they buy nothing here).
+pub const ZSTD_LEVELS: core::ops::RangeInclusive<u8> = 1..=19;
+pub const ZSTD_DEFAULT_LEVEL: u8 = 3;
 /// Longest metadata accepted; keeps a hostile header from asking for memory.
 pub const MAX_METADATA_LEN: usize = 4096;
 pub const MAX_DB_NAME_LEN: usize = 1024;
@@ -44,6 +52,9 @@ pub enum Compression {
     None,
     /// Each chunk a raw deflate stream (RFC 1951) at this level, 1 to 9.
     Deflate { level: u8 },
+    /// Each chunk one zstd frame (RFC 8878) at this level, 1 to 19.
+    /// Format version 2 (docs/FORMAT.md §14).
+    Zstd { level: u8 },
 }
 
 impl Compression {
@@ -59,10 +70,34 @@ impl Compression {
         }
     }
 
+    /// A zstd level, 1 to 19.
+    pub fn zstd(level: u8) -> Result<Self> {
+        if !ZSTD_LEVELS.contains(&level) {
+            return Err(Error::param(
+                "compression level",
+                format!("zstd level {level} is not in 1..=19"),
+            ));
+        }
+        Ok(Compression::Zstd { level })
+    }
+
     pub fn level(self) -> u8 {
         match self {
             Compression::None => 0,
-            Compression::Deflate { level } => level,
+            Compression::Deflate { level } | Compression::Zstd { level } => level,
+        }
+    }
+
+    pub fn is_zstd(self) -> bool {
+        matches!(self, Compression::Zstd { .. })
+    }
+
+    /// The header's format version for this codec.
+    pub fn format_version(self) -> u8 {
+        if self.is_zstd() {
+            FORMAT_VERSION_ZSTD
+        } else {
+            FORMAT_VERSION
         }
     }
 
@@ -70,6 +105,7 @@ impl Compression {
         match self {
             Compression::None => "none".into(),
             Compression::Deflate { level } => format!("deflate-{level}"),
+            Compression::Zstd { level } => format!("zstd-{level}"),
         }
     }
 }
@@ -156,6 +192,9 @@ impl Metadata {
                 format!("{level} is not in 1..=9"),
             ));
         }
+        if let Compression::Zstd { level } = self.compression {
+            Compression::zstd(level)?;
+        }
         if let Encryption::Aes256GcmStream {
             kdf:
                 Kdf::Argon2id {
@@ -190,7 +229,7 @@ impl Metadata {
         }
         let mut out = Vec::with_capacity(MAGIC.len() + 7 + meta.len());
         out.extend_from_slice(&MAGIC);
-        out.push(FORMAT_VERSION);
+        out.push(self.compression.format_version());
         out.extend_from_slice(&(meta.len() as u16).to_le_bytes());
         out.extend_from_slice(&meta);
         let crc = crc32fast::hash(&out);
@@ -225,6 +264,13 @@ impl Metadata {
         }
         meta.validate()
             .map_err(|e| Error::CorruptHeader(e.to_string()))?;
+        if bytes[MAGIC.len()] != meta.compression.format_version() {
+            return Err(Error::CorruptHeader(format!(
+                "format version {} does not go with codec {}",
+                bytes[MAGIC.len()],
+                meta.compression.describe()
+            )));
+        }
         Ok(meta)
     }
 }
@@ -243,7 +289,7 @@ pub fn header_len(prefix: &[u8]) -> Result<Option<usize>> {
         return Ok(None);
     }
     let version = prefix[MAGIC.len()];
-    if version != FORMAT_VERSION {
+    if version != FORMAT_VERSION && version != FORMAT_VERSION_ZSTD {
         return Err(Error::UnsupportedVersion(version));
     }
     let meta_len = u16::from_le_bytes([prefix[MAGIC.len() + 1], prefix[MAGIC.len() + 2]]) as usize;

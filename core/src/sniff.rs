@@ -1,6 +1,6 @@
 //! Tells what a file is from its first bytes (16 are enough for all but SQL text).
 
-use crate::frame::{GZIP_FIXED, SUB_HEADER};
+use crate::frame::{GZIP_FIXED, SUB_HEADER, ZSTD_MAGIC, ZSTD_SKIP_MAGIC};
 use crate::header::MAGIC;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -9,6 +9,10 @@ pub enum Kind {
     CairnEncrypted,
     /// A gzip file; `cairn` when its first member carries a cairn header.
     Gzip {
+        cairn: bool,
+    },
+    /// A zstd file; `cairn` when it opens with cairn's header frame.
+    Zstd {
         cairn: bool,
     },
     /// A SQLite 3 database file.
@@ -26,6 +30,8 @@ impl Kind {
             Kind::CairnEncrypted => "an encrypted cairn archive",
             Kind::Gzip { cairn: true } => "a cairn archive (gzip)",
             Kind::Gzip { cairn: false } => "a gzip file not written by cairn",
+            Kind::Zstd { cairn: true } => "a cairn archive (zstd)",
+            Kind::Zstd { cairn: false } => "a zstd file not written by cairn",
             Kind::Sqlite => "a SQLite database",
             Kind::PgDumpCustom => "a pg_dump custom-format dump",
             Kind::SqlText => "SQL text",
@@ -63,6 +69,12 @@ pub fn sniff(b: &[u8]) -> Kind {
     if b.len() >= 3 && b[..3] == [0x1f, 0x8b, 0x08] {
         let cairn = b.len() >= 14 && b[..GZIP_FIXED.len()] == GZIP_FIXED && b[12..14] == SUB_HEADER;
         return Kind::Gzip { cairn };
+    }
+    if b.len() >= 10 && b[..4] == ZSTD_SKIP_MAGIC && b[8..10] == SUB_HEADER {
+        return Kind::Zstd { cairn: true };
+    }
+    if b.starts_with(&ZSTD_MAGIC) {
+        return Kind::Zstd { cairn: false };
     }
     if b.starts_with(SQLITE_MAGIC) {
         return Kind::Sqlite;
@@ -112,6 +124,14 @@ mod tests {
             Kind::Gzip { cairn: false }
         );
         assert_eq!(sniff(&MAGIC), Kind::CairnEncrypted);
+        assert_eq!(
+            sniff(b"\x28\xb5\x2f\xfd\x20\x05"),
+            Kind::Zstd { cairn: false }
+        );
+        assert_eq!(
+            sniff(b"\x5c\x2a\x4d\x18\x40\x00\x00\x00CH\x89CAIRN"),
+            Kind::Zstd { cairn: true }
+        );
         assert_eq!(
             sniff(b"PRAGMA foreign_keys=OFF;\nBEGIN TRANSACTION;"),
             Kind::SqlText

@@ -4,9 +4,17 @@
 mod common;
 use common::*;
 
-use cairn_core::{ErrorCode, KeyMaterial, MasterKey};
+use cairn_core::{Compression, ErrorCode, KeyMaterial, MasterKey};
 
-const MODES: [(u8, bool); 4] = [(6, false), (0, false), (6, true), (0, true)];
+const D6: Compression = Compression::Deflate { level: 6 };
+const MODES: [(Compression, bool); 6] = [
+    (D6, false),
+    (Compression::None, false),
+    (D6, true),
+    (Compression::None, true),
+    (ZSTD3, false),
+    (ZSTD3, true),
+];
 
 #[test]
 fn round_trips_in_every_mode_and_size() {
@@ -29,7 +37,7 @@ fn round_trips_in_every_mode_and_size() {
                 assert_eq!(
                     decode_with(KeyMaterial::Key(key()), &a, piece).unwrap(),
                     data,
-                    "level {level} enc {enc} len {len}"
+                    "level {level:?} enc {enc} len {len}"
                 );
             }
         }
@@ -67,7 +75,7 @@ fn every_flipped_byte_is_detected() {
             let err = decode(&bad);
             assert!(
                 err.is_err(),
-                "flip at {pos} of {} not detected (level {level}, enc {enc})",
+                "flip at {pos} of {} not detected (level {level:?}, enc {enc})",
                 a.len()
             );
             let c = err.unwrap_err().code();
@@ -251,4 +259,136 @@ fn a_deflate_bomb_cannot_exceed_one_chunk() {
     member.extend_from_slice(&CHUNK.to_le_bytes());
     let a = [w.preamble(), member].concat();
     assert_eq!(code(&a), ErrorCode::CorruptChunk);
+}
+
+/// Hand-builds a zstd-container chunk 0 whose frame is `z`, claiming `plain`.
+fn zstd_chunk0(p: &cairn_core::WriterParams, z: &[u8], plain: &[u8]) -> Vec<u8> {
+    use cairn_core::frame;
+    let ck = frame::zck_payload(
+        &p.archive_id,
+        0,
+        z.len() as u32,
+        plain.len().min(CHUNK as usize) as u32,
+        crc32fast::hash(plain),
+        crc32fast::hash(z),
+    );
+    [frame::zstd_skippable(frame::SUB_CHUNK, &ck), z.to_vec()].concat()
+}
+
+#[test]
+fn a_zstd_bomb_cannot_exceed_one_chunk() {
+    let p = params(ZSTD3, false);
+    let big = vec![0u8; 10 * CHUNK as usize];
+    let bomb = cairn_core::chunk::zstd_compress(&big, 3);
+    let mut f = frames(&p, &sample(100));
+    f[1] = zstd_chunk0(&p, &bomb, &big);
+    let err = decode(&f.concat()).unwrap_err();
+    assert_eq!(err.code(), ErrorCode::CorruptChunk, "{err}");
+    assert!(
+        err.to_string().contains("more than the chunk size"),
+        "{err}"
+    );
+    // The same without a content size in the frame header: zstd stops at
+    // the output buffer, which is one chunk.
+    let mut c = zstd::bulk::Compressor::new(3).unwrap();
+    c.include_contentsize(false).unwrap();
+    let bomb = c.compress(&big).unwrap();
+    f[1] = zstd_chunk0(&p, &bomb, &big);
+    let err = decode(&f.concat()).unwrap_err();
+    assert_eq!(err.code(), ErrorCode::CorruptChunk, "{err}");
+}
+
+#[test]
+fn a_zstd_chunk_must_be_exactly_one_frame() {
+    let p = params(ZSTD3, false);
+    let data = sample(100);
+    let z = cairn_core::chunk::zstd_compress(&data, 3);
+    let mut f = frames(&p, &data);
+    // Two frames where one is declared: `zstd -d` would output both.
+    f[1] = zstd_chunk0(&p, &[z.clone(), z.clone()].concat(), &data);
+    let err = decode(&f.concat()).unwrap_err();
+    assert!(err.to_string().contains("not exactly one frame"), "{err}");
+    // A skippable frame in place of the data frame.
+    let skip = cairn_core::frame::zstd_skippable(*b"XX", &data);
+    f[1] = zstd_chunk0(&p, &skip, &data);
+    let err = decode(&f.concat()).unwrap_err();
+    assert!(err.to_string().contains("not a zstd frame"), "{err}");
+}
+
+#[test]
+fn zstd_archives_carry_format_version_2() {
+    // Version 1 readers refuse version 2 with "upgrade cairn"; deflate
+    // archives keep version 1, so old readers still read them.
+    let enc = encode(params(ZSTD3, true), &sample(100));
+    assert_eq!(enc[10], 2);
+    assert_eq!(encode(params(6, true), &sample(100))[10], 1);
+    let plain = encode(params(ZSTD3, false), &sample(100));
+    assert_eq!(&plain[..4], &[0x5c, 0x2a, 0x4d, 0x18]);
+    assert_eq!(plain[10 + 10], 2);
+    // A newer version: refused with the upgrade hint.
+    let mut bad = enc.clone();
+    bad[10] = 3;
+    let err = decode(&bad).unwrap_err();
+    assert_eq!(err.code(), ErrorCode::UnsupportedVersion);
+    assert!(err.to_string().contains("upgrade cairn"), "{err}");
+}
+
+#[test]
+fn a_codec_that_disagrees_with_the_version_or_container_is_refused() {
+    use cairn_core::Metadata;
+    let mut meta = Metadata {
+        archive_id: [1; 16],
+        source: cairn_core::SourceKind::Sqlite,
+        db_name: "app.db".into(),
+        created_at_ms: 0,
+        page_size: 4096,
+        chunk_size: CHUNK,
+        compression: ZSTD3,
+        encryption: cairn_core::Encryption::None,
+    };
+    // A zstd header relabelled version 1 (CRC recomputed).
+    let mut h = meta.to_header_bytes().unwrap();
+    h[10] = 1;
+    let n = h.len();
+    let crc = crc32fast::hash(&h[..n - 4]);
+    h[n - 4..].copy_from_slice(&crc.to_le_bytes());
+    let err = Metadata::from_header_bytes(&h).unwrap_err();
+    assert!(
+        err.to_string().contains("does not go with codec zstd-3"),
+        "{err}"
+    );
+    // A deflate header inside the zstd container.
+    meta.compression = Compression::Deflate { level: 6 };
+    let h = meta.to_header_bytes().unwrap();
+    let a = cairn_core::frame::zstd_skippable(cairn_core::frame::SUB_HEADER, &h);
+    let err = decode(&a).unwrap_err();
+    assert_eq!(err.code(), ErrorCode::CorruptHeader, "{err}");
+    // An unknown codec discriminant (3) in a version 2 header.
+    meta.compression = ZSTD3;
+    let mut h = meta.to_header_bytes().unwrap();
+    let at = 13 + 16 + 1 + 7 + 1 + 2 + 2; // id, source, name, time, page, chunk
+    assert_eq!(h[at], 2, "the compression discriminant");
+    h[at] = 3;
+    let crc = crc32fast::hash(&h[..n - 4]);
+    h[n - 4..].copy_from_slice(&crc.to_le_bytes());
+    let err = Metadata::from_header_bytes(&h).unwrap_err();
+    assert_eq!(err.code(), ErrorCode::CorruptHeader, "{err}");
+}
+
+#[test]
+fn zstd_levels_are_checked() {
+    assert!(Compression::zstd(0).is_err());
+    assert!(Compression::zstd(20).is_err());
+    assert_eq!(Compression::zstd(19).unwrap().describe(), "zstd-19");
+    let mut p = params(ZSTD3, false);
+    p.compression = Compression::Zstd { level: 22 };
+    assert!(cairn_core::Encoder::new(p).is_err());
+}
+
+#[test]
+fn plain_zstd_file_is_named() {
+    let z = zstd::bulk::compress(b"hello", 3).unwrap();
+    let err = decode(&z).unwrap_err();
+    assert_eq!(err.code(), ErrorCode::NotAnArchive);
+    assert!(err.to_string().contains("zstd -d"), "{err}");
 }

@@ -25,6 +25,7 @@ fn arr<const N: usize>(v: &Value) -> [u8; N] {
 
 struct Case {
     name: &'static str,
+    zstd: bool,
     level: u8,
     key: Option<&'static str>,
     passphrase: Option<&'static str>,
@@ -33,6 +34,7 @@ struct Case {
 
 const CASES: &[Case] = &[
     Case {
+        zstd: false,
         name: "gzip-deflate6",
         level: 6,
         key: None,
@@ -40,6 +42,7 @@ const CASES: &[Case] = &[
         input_len: 10_000,
     },
     Case {
+        zstd: false,
         name: "gzip-stored",
         level: 0,
         key: None,
@@ -47,6 +50,7 @@ const CASES: &[Case] = &[
         input_len: 5_000,
     },
     Case {
+        zstd: false,
         name: "gzip-empty",
         level: 6,
         key: None,
@@ -54,6 +58,7 @@ const CASES: &[Case] = &[
         input_len: 0,
     },
     Case {
+        zstd: false,
         name: "aes-key-deflate6",
         level: 6,
         key: Some("42"),
@@ -61,6 +66,7 @@ const CASES: &[Case] = &[
         input_len: 10_000,
     },
     Case {
+        zstd: false,
         name: "aes-key-stored",
         level: 0,
         key: Some("42"),
@@ -68,13 +74,38 @@ const CASES: &[Case] = &[
         input_len: 4_096,
     },
     Case {
+        zstd: false,
         name: "aes-passphrase-deflate1",
         level: 1,
         key: None,
         passphrase: Some("correct horse battery staple"),
         input_len: 9_000,
     },
+    Case {
+        name: "zstd-3",
+        zstd: true,
+        level: 3,
+        key: None,
+        passphrase: None,
+        input_len: 10_000,
+    },
+    Case {
+        name: "aes-key-zstd3",
+        zstd: true,
+        level: 3,
+        key: Some("42"),
+        passphrase: None,
+        input_len: 10_000,
+    },
 ];
+
+fn compression(zstd: bool, level: u8) -> Compression {
+    if zstd {
+        Compression::zstd(level).unwrap()
+    } else {
+        Compression::from_level(level).unwrap()
+    }
+}
 
 fn build(c: &Case) -> Value {
     let input = common::sample(c.input_len);
@@ -115,11 +146,11 @@ fn build(c: &Case) -> Value {
         created_at_ms: 1_795_359_662_345,
         page_size: 4096,
         chunk_size: 4096,
-        compression: Compression::from_level(c.level).unwrap(),
+        compression: compression(c.zstd, c.level),
         encryption: enc.clone(),
     };
     let archive = common::encode(params, &input);
-    json!({
+    let mut v = json!({
         "name": c.name,
         "archive_id": hex::encode(b"cairn-test-vec01"),
         "source": "sqlite",
@@ -135,7 +166,12 @@ fn build(c: &Case) -> Value {
         "input": hex::encode(&input),
         "input_sha256": hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&input)),
         "archive": hex::encode(&archive),
-    })
+    });
+    // Vectors from before zstd have no `codec`: they stay byte for byte.
+    if c.zstd {
+        v["codec"] = json!("zstd");
+    }
+    v
 }
 
 fn params_from(v: &Value) -> (WriterParams, KeyMaterial) {
@@ -179,8 +215,10 @@ fn params_from(v: &Value) -> (WriterParams, KeyMaterial) {
         created_at_ms: v["created_at_ms"].as_i64().unwrap(),
         page_size: v["page_size"].as_u64().unwrap() as u32,
         chunk_size: v["chunk_size"].as_u64().unwrap() as u32,
-        compression: Compression::from_level(v["compression_level"].as_u64().unwrap() as u8)
-            .unwrap(),
+        compression: compression(
+            v["codec"] == "zstd",
+            v["compression_level"].as_u64().unwrap() as u8,
+        ),
         encryption: enc,
     };
     (p, km)
@@ -248,4 +286,14 @@ fn unencrypted_vectors_are_plain_gzip() {
         rest = &body[used + 8..];
     }
     assert_eq!(out, input);
+}
+
+#[test]
+fn unencrypted_zstd_vector_is_plain_zstd() {
+    // A zstd stream decoder skips cairn's skippable frames and yields the input.
+    let v: Value =
+        serde_json::from_slice(&std::fs::read(dir().join("zstd-3.json")).unwrap()).unwrap();
+    let (archive, input) = (unhex(&v["archive"]), unhex(&v["input"]));
+    assert_eq!(&archive[..4], &[0x5c, 0x2a, 0x4d, 0x18]);
+    assert_eq!(zstd::stream::decode_all(&archive[..]).unwrap(), input);
 }

@@ -34,7 +34,7 @@ Destinations: a directory, file://, s3://bucket/prefix[?endpoint=…&region=…
 A destination holds snapshots/, cairn.json, log/ and checkpoints/; nothing
 else is needed to restore (plus the key, if encrypted). Unencrypted archives
 are gzip files: `gunzip -c backups/snapshots/<id>.db.gz > app.db` works
-without cairn.";
+without cairn (with --codec zstd: `zstd -d -c …/<id>.db.zst > app.db`).";
 
 #[derive(Parser, Debug)]
 #[command(name = "cairn", version, about = "Backups of SQLite and PostgreSQL databases you can trust: consistent, compressed, encrypted, verified in a sandbox.", after_help = AFTER_HELP)]
@@ -249,9 +249,13 @@ pub struct BackupArgs {
     pub encrypt: bool,
     #[command(flatten)]
     pub key: KeyArgs,
-    /// Deflate level: 0 stores, 1 is fastest, 9 smallest.
-    #[arg(long, default_value_t = cairn_core::DEFAULT_LEVEL, value_name = "0-9")]
-    pub level: u8,
+    /// Chunk codec [default: gzip, or zstd when encrypting].
+    #[arg(long, value_enum)]
+    pub codec: Option<backup::Codec>,
+    /// Compression level: gzip 0 (store) to 9, default 6; zstd 1 to 19,
+    /// default 3.
+    #[arg(long, value_name = "N")]
+    pub level: Option<u8>,
     /// Chunk size (each chunk is compressed and sealed on its own), e.g. 1M.
     #[arg(long, default_value = "1M", value_parser = parse_size, value_name = "SIZE")]
     pub chunk_size: u64,
@@ -663,10 +667,15 @@ fn cmd_backup(a: BackupArgs, rt: &tokio::runtime::Runtime) -> Result<()> {
                 a.chunk_size
             )
         })?;
+    let key = a.key.load()?;
     let opts = backup::BackupOptions {
         source: crate::sources::Source::parse(&a.source)?,
-        key: a.key.load()?,
-        compression: backup::check_level(a.level)?,
+        compression: backup::choose_compression(
+            a.codec,
+            a.level,
+            !matches!(key, cairn_core::KeyMaterial::None),
+        )?,
+        key,
         chunk_size,
         engine: a.engine,
         temp_dir: temp_dir(&a.temp_dir),
@@ -753,12 +762,13 @@ fn print_backup(r: &backup::BackupReport) {
     }
     {
         eprintln!(
-            "backed up {} ({}) to {} ({}, {:.0}% of the database, {}) in {:.2}s",
+            "backed up {} ({}) to {} ({}, {:.0}% of the database, {}, {}) in {:.2}s",
             r.database,
             mib(r.plain_size),
             r.location,
             mib(r.stored_size),
             100.0 * r.stored_size as f64 / r.plain_size.max(1) as f64,
+            r.compression,
             if r.encryption == "none" {
                 "not encrypted".to_string()
             } else {

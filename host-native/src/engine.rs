@@ -121,6 +121,11 @@ fn wit_params(p: &WriterParams) -> wit::WriterParams {
         page_size: p.page_size,
         chunk_size: p.chunk_size,
         compression_level: p.compression.level(),
+        codec: if p.compression.is_zstd() {
+            wit::CodecId::Zstd
+        } else {
+            wit::CodecId::Deflate
+        },
         encryption,
     }
 }

@@ -35,6 +35,8 @@ pub struct Pulled {
     /// Already in the local directory: nothing downloaded.
     pub skipped: bool,
     pub size: u64,
+    /// The catalog's codec and level, e.g. "zstd-3" or "deflate-6".
+    pub compression: String,
     pub error: Option<String>,
     pub seconds: f64,
 }
@@ -77,6 +79,7 @@ pub fn run(src: &Dest, local_dir: &Path, opts: &PullOptions) -> Result<PullRepor
             ok: true,
             skipped: false,
             size: e.stored_size,
+            compression: e.compression.clone(),
             error: None,
             seconds: 0.0,
         };
@@ -237,10 +240,11 @@ pub fn cli(a: crate::cli::PullArgs, rt: &tokio::runtime::Runtime) -> Result<()> 
                 (Some(err), _) => println!("FAILED  {}  {}: {err}", b.id, b.database),
                 (None, true) => println!("have    {}  {}", b.id, b.database),
                 (None, false) => println!(
-                    "pulled  {}  {}  {} ({:.2}s, checked in the sandbox)",
+                    "pulled  {}  {}  {} ({}, {:.2}s, checked in the sandbox)",
                     b.id,
                     b.database,
                     crate::cli::mib(b.size),
+                    b.compression,
                     b.seconds
                 ),
             }

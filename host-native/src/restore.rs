@@ -55,6 +55,8 @@ pub struct RestoreReport {
     pub restored: bool,
     pub size: u64,
     pub sha256: Option<String>,
+    /// The catalog's codec and level, e.g. "zstd-3" or "deflate-6".
+    pub compression: String,
     pub engine: EngineKind,
     /// The sandboxed verifier checked the backup before it was restored.
     pub verified_in_sandbox: bool,
@@ -84,6 +86,7 @@ pub fn run(storage: &Dest, opts: &RestoreOptions) -> Result<RestoreReport> {
             restored: false,
             size: 0,
             sha256: None,
+            compression: String::new(),
             engine: opts.engine,
             verified_in_sandbox: false,
             content: String::new(),
@@ -219,6 +222,7 @@ pub fn run(storage: &Dest, opts: &RestoreOptions) -> Result<RestoreReport> {
         restored: true,
         size: decoded.plain_len,
         sha256: Some(hex::encode(decoded.plain_sha256)),
+        compression: entry.compression.clone(),
         engine: opts.engine,
         verified_in_sandbox: opts.verify_sandboxed.is_some(),
         content: content_name(kind).into(),
@@ -394,6 +398,7 @@ pub fn run_to_postgres(storage: &Dest, opts: &PgRestoreOptions) -> Result<Restor
         restored: true,
         size: decoded.plain_len,
         sha256: Some(hex::encode(decoded.plain_sha256)),
+        compression: entry.compression.clone(),
         engine: opts.engine,
         verified_in_sandbox: opts.verify_sandboxed.is_some(),
         content: restored.content.into(),

@@ -63,6 +63,8 @@ pub struct VerifyResult {
     pub object: String,
     pub ok: bool,
     pub size: u64,
+    /// The catalog's codec and level, e.g. "zstd-3" or "deflate-6".
+    pub compression: String,
     pub sandboxed: bool,
     pub page_count: Option<u64>,
     pub tables: Vec<Table>,
@@ -171,6 +173,7 @@ fn verify_one(storage: &Dest, entry: &Entry, opts: &VerifyOptions) -> VerifyResu
         object: storage.describe(&entry.object),
         ok: error.is_none(),
         size: entry.plain_size,
+        compression: entry.compression.clone(),
         sandboxed: opts.sandbox,
         page_count: checked.page_count,
         tables: checked.tables,

@@ -122,6 +122,7 @@ function writerParams(p) {
     pageSize: p.pageSize,
     chunkSize: p.chunkSize,
     compressionLevel: p.level,
+    codec: p.codec ?? 'deflate',
     encryption: p.key
       ? { masterKey: unhex(p.key), kdf: { tag: 'raw-key' }, salt: unhex(p.salt) }
       : undefined,

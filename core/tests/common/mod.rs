@@ -10,7 +10,26 @@ pub fn key() -> MasterKey {
     MasterKey([7u8; 32])
 }
 
-pub fn params(level: u8, encrypted: bool) -> WriterParams {
+/// A compression given as a deflate level (0..=9) or as itself.
+pub trait Codec {
+    fn compression(self) -> Compression;
+}
+
+impl Codec for u8 {
+    fn compression(self) -> Compression {
+        Compression::from_level(self).unwrap()
+    }
+}
+
+impl Codec for Compression {
+    fn compression(self) -> Compression {
+        self
+    }
+}
+
+pub const ZSTD3: Compression = Compression::Zstd { level: 3 };
+
+pub fn params(level: impl Codec, encrypted: bool) -> WriterParams {
     WriterParams {
         archive_id: [0xA1; 16],
         source: SourceKind::Sqlite,
@@ -18,7 +37,7 @@ pub fn params(level: u8, encrypted: bool) -> WriterParams {
         created_at_ms: 1_795_359_662_345,
         page_size: 4096,
         chunk_size: CHUNK,
-        compression: Compression::from_level(level).unwrap(),
+        compression: level.compression(),
         encryption: encrypted.then(|| EncryptionParams {
             master: key(),
             kdf: Kdf::RawKey,

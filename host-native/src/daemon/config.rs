@@ -90,7 +90,10 @@ pub struct Database {
     /// Destination URLs, `${VAR}`-expanded; relative directories made absolute.
     pub destinations: Vec<String>,
     pub schedule: Schedule,
+    /// The compression level, given or the codec's default.
     pub level: u8,
+    /// `codec`, or its default: zstd when the database has a key, else gzip.
+    pub codec: crate::backup::Codec,
     pub key: KeyArgs,
     pub retention: Option<Policy>,
     pub timeout: Duration,
@@ -710,10 +713,24 @@ fn database(
             None
         }
     };
-    let level = o
-        .int("level", 0, 9, errs)
-        .map_or(cairn_core::DEFAULT_LEVEL, |l| l as u8);
+    let codec_given = o.string("codec", errs).and_then(|c| {
+        let parsed = crate::backup::Codec::parse(&c);
+        if parsed.is_none() {
+            o.err(
+                "codec",
+                format!("{c:?} is not a codec: use gzip or zstd"),
+                errs,
+            );
+        }
+        parsed
+    });
+    let level_given = o.int("level", 0, 19, errs).map(|l| l as u8);
     let key = key(&mut o, base, errs);
+    let codec = codec_given.unwrap_or(crate::backup::Codec::default_for(key.is_given()));
+    let level = level_given.unwrap_or(codec.default_level());
+    if let Err(e) = codec.compression(level) {
+        o.err("level", e, errs);
+    }
     let retention = o.table("retention", errs).and_then(|r| retention(r, errs));
     let timeout = o.duration("timeout", errs).unwrap_or(DEFAULT_TIMEOUT);
     let lock_timeout = o
@@ -790,6 +807,7 @@ fn database(
         destinations,
         schedule: sched?,
         level,
+        codec,
         key,
         retention,
         timeout,

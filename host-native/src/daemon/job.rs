@@ -131,7 +131,10 @@ pub fn run_backup(cfg: &Config, db: &Database, rt: &Runtime) -> Result<Outcome> 
     let opts = BackupOptions {
         source: db.source.backup_source(),
         key: db.key.load()?,
-        compression: backup::check_level(db.level)?,
+        compression: db
+            .codec
+            .compression(db.level)
+            .map_err(|e| anyhow!("level {e}"))?,
         chunk_size: cairn_core::DEFAULT_CHUNK_SIZE,
         engine: EngineKind::Native,
         temp_dir: temp_dir(cfg),

@@ -112,6 +112,8 @@ fn the_component_manifest_matches_the_native_one() {
             K::CairnEncrypted => W::CairnEncrypted,
             K::Gzip { cairn: true } => W::CairnGzip,
             K::Gzip { cairn: false } => W::Gzip,
+            K::Zstd { cairn: true } => W::CairnZstd,
+            K::Zstd { cairn: false } => W::Zstd,
             K::Sqlite => W::Sqlite,
             K::PgDumpCustom => W::PgDumpCustom,
             K::SqlText => W::SqlText,

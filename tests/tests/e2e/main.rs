@@ -24,3 +24,4 @@ mod spec;
 mod storage_s3;
 mod storage_sftp;
 mod sweep;
+mod zstd;

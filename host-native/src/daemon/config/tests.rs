@@ -330,3 +330,37 @@ fn replicate_needs_a_sqlite_database_in_wal_mode() {
     let l = msg(db("\"wal.db\"", "\"yes\""));
     has(&l, "databases[0].replicate: must be true or false");
 }
+
+#[test]
+fn codec_defaults_by_encryption_and_levels_follow_the_codec() {
+    let db = |extra: &str| {
+        format!(
+            "[[databases]]\nname = \"app\"\nsource = \"app.db\"\ndestinations = [\"b\"]\nschedule = {{ every = \"24h\" }}\n{extra}\n"
+        )
+    };
+    let d = tempfile::tempdir().unwrap();
+    let c = parse_in(d.path(), &db("")).unwrap();
+    assert_eq!(
+        (c.databases[0].codec, c.databases[0].level),
+        (crate::backup::Codec::Gzip, 6)
+    );
+    let c = parse_in(d.path(), &db("key_env = \"K\"")).unwrap();
+    assert_eq!(
+        (c.databases[0].codec, c.databases[0].level),
+        (crate::backup::Codec::Zstd, 3)
+    );
+    let c = parse_in(d.path(), &db("codec = \"zstd\"\nlevel = 19")).unwrap();
+    assert_eq!(c.databases[0].level, 19);
+    has(
+        &problems(&db("codec = \"lz4\"")),
+        "databases[0].codec: \"lz4\" is not a codec: use gzip or zstd",
+    );
+    has(
+        &problems(&db("codec = \"zstd\"\nlevel = 0")),
+        "databases[0].level: 0 is out of range for zstd",
+    );
+    has(
+        &problems(&db("level = 12")),
+        "databases[0].level: 12 is out of range for gzip",
+    );
+}
