@@ -372,3 +372,52 @@ mod seeds {
         }
     }
 }
+
+/// The frame targets: a valid header (plain or encrypted, settings chosen by
+/// the first byte), then the fuzzer's bytes as frames, fed in pieces; every
+/// frame is opened with the fixed key.
+pub fn frames(data: &[u8], encrypted: bool) {
+    let Some((&sel, rest)) = data.split_first() else {
+        return;
+    };
+    let w = cairn_core::ArchiveWriter::new(params(encrypted, sel, sel >> 4)).unwrap();
+    run_frames(w.preamble(), rest, (sel as usize >> 3) % 97);
+}
+
+fn run_frames(pre: Vec<u8>, rest: &[u8], piece: usize) {
+    let mut p = cairn_core::FrameParser::new();
+    let mut reader = None;
+    let mut next = 0u64;
+    let mut feed: Vec<&[u8]> = vec![&pre];
+    feed.extend(rest.chunks(piece.max(1) * 7));
+    for part in feed {
+        p.push(part);
+        loop {
+            match p.next_event() {
+                Ok(Some(cairn_core::Event::Header { bytes, meta })) => {
+                    assert_eq!(meta.archive_id, ARCHIVE_ID);
+                    reader =
+                        Some(cairn_core::ArchiveReader::new(bytes, meta, &material()).unwrap());
+                }
+                Ok(Some(cairn_core::Event::Chunk(c))) => {
+                    assert_eq!(c.index, next, "frames come out in order");
+                    next += 1;
+                    let r = reader.as_ref().expect("header first");
+                    assert!(
+                        c.body.len() <= cairn_core::frame::max_body_len(r.metadata().chunk_size)
+                    );
+                    if c.last {
+                        let _ = r.open_trailer(&c);
+                    } else if let Ok(plain) = r.open_chunk(&c) {
+                        assert!(
+                            !plain.is_empty() && plain.len() <= r.metadata().chunk_size as usize
+                        );
+                    }
+                }
+                Ok(None) => break,
+                Err(_) => return,
+            }
+        }
+    }
+    let _ = p.finish();
+}
