@@ -344,7 +344,10 @@ fn codec_defaults_by_encryption_and_levels_follow_the_codec() {
         (c.databases[0].codec, c.databases[0].level),
         (crate::backup::Codec::Gzip, 6)
     );
-    let c = parse_in(d.path(), &db("key_env = \"K\"")).unwrap();
+    let key = d.path().join("app.key");
+    std::fs::write(&key, format!("{}\n", "ab".repeat(32))).unwrap();
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let c = parse_in(d.path(), &db("key_file = \"app.key\"")).unwrap();
     assert_eq!(
         (c.databases[0].codec, c.databases[0].level),
         (crate::backup::Codec::Zstd, 3)
