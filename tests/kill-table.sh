@@ -6,6 +6,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source .ci/setup.sh
-cargo build --release --locked --workspace --bins
+cargo build --release --locked --workspace --bins --examples  # as .ci/test.sh: one build serves both
 CAIRN_KILL_RUNS="${CAIRN_KILL_RUNS:-100}" cargo test --release --locked -p cairn-e2e --test e2e \
     kill:: -- --nocapture 2>&1 | grep -E '^\| |CAIRN_KILL_SEED|test result|panicked|broke'
