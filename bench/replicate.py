@@ -185,16 +185,22 @@ def pct(xs, p):
     return xs[min(len(xs) - 1, int(len(xs) * p))]
 
 
-def lag_run(tool, a):
-    work = tempfile.mkdtemp(prefix=f"cairn-repl-{tool.name}-")
-    dest = os.path.join(work, "replica")
-    db, c = fresh_db(work)
+def start_ready(tool, db, dest, work):
+    """Starts the replicator and waits until its first state is at dest."""
     p = tool.start(db, dest, work)
     t0 = time.monotonic()
     while not tool.ready(dest):
         if p.poll() is not None or time.monotonic() - t0 > 60:
             raise SystemExit(f"{tool.name} did not start replicating (see {work})")
         time.sleep(0.05)
+    return p
+
+
+def lag_run(tool, a):
+    work = tempfile.mkdtemp(prefix=f"cairn-repl-{tool.name}-")
+    dest = os.path.join(work, "replica")
+    db, c = fresh_db(work)
+    p = start_ready(tool, db, dest, work)
     time.sleep(0.5)
     before = files(dest)
     w = Watcher(dest, tool.pattern)
@@ -248,12 +254,7 @@ def throughput(tool, a):
     db, c = fresh_db(work)
     p = None
     if tool:
-        p = tool.start(db, dest, work)
-        t0 = time.monotonic()
-        while not tool.ready(dest):
-            if p.poll() is not None or time.monotonic() - t0 > 60:
-                raise SystemExit(f"{tool.name} did not start replicating (see {work})")
-            time.sleep(0.05)
+        p = start_ready(tool, db, dest, work)
     row = os.urandom(512).hex()
     n, t0 = 0, time.monotonic()
     while time.monotonic() - t0 < a.throughput_seconds:
