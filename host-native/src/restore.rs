@@ -30,6 +30,10 @@ pub enum CheckMode {
     Auto,
     /// Always.
     Full,
+    /// Not here: the caller changes the file and checks the result once
+    /// (a replica restore applies segments to the snapshot first).
+    #[value(skip)]
+    Deferred,
 }
 
 pub struct RestoreOptions {
@@ -63,8 +67,9 @@ pub struct RestoreReport {
     /// What the backup held, from its first bytes: "SQLite database",
     /// "pg_dump custom format", "SQL text", …
     pub content: String,
-    /// A SQLite database: "ran" (integrity_check ran now) or "recorded"
-    /// (these bytes passed it at `integrity_checked_at`).
+    /// A SQLite database: "ran" (integrity_check ran now), "recorded"
+    /// (these bytes passed it at `integrity_checked_at`) or "deferred" (the
+    /// caller checks the file it makes of them).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub integrity_check: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -146,6 +151,8 @@ pub fn run(storage: &Dest, opts: &RestoreOptions) -> Result<RestoreReport> {
         Tracked {
             file: tmp.as_file(),
             failure: failed_write.clone(),
+            written: 0,
+            writeback: crate::writeback::Writeback::default(),
         },
     );
     let decoded = decode(
@@ -174,11 +181,13 @@ pub fn run(storage: &Dest, opts: &RestoreOptions) -> Result<RestoreReport> {
     // trailer's plaintext sum): a recorded pass on them is a pass on this file.
     let recorded = state
         .integrity_checked(&entry)
-        .filter(|_| opts.check == CheckMode::Auto && opts.verify_sandboxed.is_none());
+        .filter(|_| opts.check != CheckMode::Full && opts.verify_sandboxed.is_none());
     let mut integrity_check = None;
     if kind == cairn_core::Kind::Sqlite {
         if recorded.is_some() {
             integrity_check = Some("recorded");
+        } else if opts.check == CheckMode::Deferred {
+            integrity_check = Some("deferred");
         } else {
             snapshot::integrity_check(tmp.path()).map_err(|e| {
                 anyhow!(
@@ -249,6 +258,8 @@ impl WriteFailure {
 struct Tracked<'a> {
     file: &'a File,
     failure: WriteFailure,
+    written: u64,
+    writeback: crate::writeback::Writeback,
 }
 
 impl Tracked<'_> {
@@ -268,7 +279,10 @@ impl Tracked<'_> {
 impl Write for Tracked<'_> {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         let mut f = self.file;
-        f.write(buf).map_err(|e| self.keep(e))
+        let n = f.write(buf).map_err(|e| self.keep(e))?;
+        self.written += n as u64;
+        self.writeback.advance(self.file, self.written);
+        Ok(n)
     }
 
     fn flush(&mut self) -> std::io::Result<()> {

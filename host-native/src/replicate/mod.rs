@@ -4,7 +4,8 @@
 //! at start-up, on the snapshot interval, and whenever frames may have been
 //! missed. The room holds one concept per file: [`wal_tail`] follows the
 //! WAL, [`shipper`] encodes and uploads segments, [`generation`] the log
-//! entries and listings, [`lease`] the fencing, [`restore`] and [`list`]
+//! entries and listings, [`snapshot_check`] checks each generation's snapshot
+//! in the background, [`lease`] the fencing, [`restore`] and [`list`]
 //! the reading side; [`embed`] and [`config`] run a replicator inside an
 //! application's own tokio runtime; [`status`] is what a running one reports.
 
@@ -15,6 +16,7 @@ pub mod lease;
 pub mod list;
 pub mod restore;
 pub mod shipper;
+pub mod snapshot_check;
 pub mod status;
 pub mod wal_tail;
 
@@ -441,6 +443,13 @@ impl Replicator<'_> {
                 crate::repo::write::append(d, &mut loaded, c)?;
             }
             self.opts.status.lock().unwrap().generation(&id);
+            snapshot_check::spawn(
+                self.dests.to_vec(),
+                report.id.clone(),
+                self.opts.key.clone(),
+                self.opts.temp_dir.clone(),
+                self.opts.log,
+            );
             self.generation = Some(entry);
             self.started = Instant::now();
             self.report.generations.push(id);

@@ -29,6 +29,9 @@ pub struct ReplicaRestoreOptions {
     pub timestamp_ms: Option<i64>,
     /// …or at or before this transaction id.
     pub txid: Option<u64>,
+    /// Auto: integrity_check on the result unless the generation's snapshot
+    /// has a recorded pass (§13.4); Full: always.
+    pub check: crate::restore::CheckMode,
 }
 
 #[derive(Debug, Serialize)]
@@ -43,6 +46,10 @@ pub struct ReplicaRestoreReport {
     pub time_ms: Option<i64>,
     pub segments: usize,
     pub size: u64,
+    /// "ran", or "recorded": the snapshot's pass is recorded and every page
+    /// applied on top of it was proven by its checksums (§13.4).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub integrity_check: Option<&'static str>,
     pub seconds: f64,
 }
 
@@ -62,6 +69,7 @@ fn nothing(out: &Path) -> ReplicaRestoreReport {
         time_ms: None,
         segments: 0,
         size: 0,
+        integrity_check: None,
         seconds: 0.0,
     }
 }
@@ -204,7 +212,9 @@ fn restore_generation(
     crate::storage::sweep_dead_temps_of(&dir, &format!(".{name}"));
     let tmp = dir.join(crate::storage::temp_name(&name));
     let guard = Cleanup(tmp.clone());
-    crate::restore::run(
+    // The snapshot's own check is deferred to the one on the result: a
+    // second integrity_check of the same pages would double the cost.
+    let snap = crate::restore::run(
         dest,
         &crate::restore::RestoreOptions {
             id: Some(g.snapshot.clone()),
@@ -212,7 +222,7 @@ fn restore_generation(
             output: tmp.clone(),
             force: true,
             if_db_not_exists: false,
-            check: crate::restore::CheckMode::Auto,
+            check: crate::restore::CheckMode::Deferred,
             key: opts.key.clone(),
             engine: crate::engine::EngineKind::Native,
             limits: crate::sandbox::Limits::default(),
@@ -229,6 +239,12 @@ fn restore_generation(
         .with_context(|| format!("cannot open {}", tmp.display()))?;
     let mut applier = Applier::new(&g.id, g.page_size, g.first_txid);
     let ps = u64::from(g.page_size);
+    // The highest page anything wrote: the snapshot's last, then every
+    // segment's. SQLite writes each page it adds to a database, so an honest
+    // segment never declares a size past it (one page of slack: SQLite skips
+    // the lock-byte page). A forged one declaring billions of pages would
+    // otherwise make the temp file terabytes long (sparse, but still).
+    let mut high_page = file_len(&tmp)? / ps;
     let mut applied = 0;
     let base_reached = |a: &Applier| a.next_txid > g.base_txid;
     let mut keyring = Keys::new(opts.key.clone());
@@ -245,6 +261,17 @@ fn restore_generation(
             applier
                 .accept(&seg)
                 .map_err(|e| anyhow!("{}: {e}", dest.describe(k)))?;
+            if let Some((&top, _)) = seg.pages.last_key_value() {
+                high_page = high_page.max(u64::from(top));
+            }
+            if u64::from(seg.info.db_pages) > high_page + 1 {
+                bail!(
+                    "{}: the segment says the database has {} pages, but nothing wrote past page {high_page}: the replica is damaged or forged; nothing was written to {}",
+                    dest.describe(k),
+                    seg.info.db_pages,
+                    out.display()
+                );
+            }
             let len = file.metadata()?.len();
             let cut = u64::from(seg.info.min_db_pages) * ps;
             if cut < len {
@@ -274,13 +301,22 @@ fn restore_generation(
         .with_context(|| format!("cannot write {}", tmp.display()))?;
     let size = file.metadata()?.len();
     drop(file);
-    crate::snapshot::integrity_check(&tmp).map_err(|e| {
-        anyhow!(
-            "the database restored from generation {} is not sound: {e:#}; nothing was written to {}",
-            g.id,
-            out.display()
-        )
-    })?;
+    // The snapshot's bytes are proven by their SHA-256 to be ones that
+    // passed integrity_check (recorded by the replicator's background check
+    // or a verify), and every page applied since is one SQLite committed,
+    // proven by the WAL checksums when read and the segment's sums when
+    // applied: the result is a state the checked database went through.
+    let recorded =
+        opts.check == crate::restore::CheckMode::Auto && snap.integrity_check == Some("recorded");
+    if !recorded {
+        crate::snapshot::integrity_check(&tmp).map_err(|e| {
+            anyhow!(
+                "the database restored from generation {} is not sound: {e:#}; nothing was written to {}",
+                g.id,
+                out.display()
+            )
+        })?;
+    }
     if opts.force {
         for suffix in ["-wal", "-shm", "-journal"] {
             let side = PathBuf::from(format!("{}{suffix}", out.display()));
@@ -303,8 +339,15 @@ fn restore_generation(
         time_ms: applier.last_time_ms,
         segments: applied,
         size,
+        integrity_check: Some(if recorded { "recorded" } else { "ran" }),
         seconds: 0.0,
     }))
+}
+
+fn file_len(p: &Path) -> Result<u64> {
+    Ok(std::fs::metadata(p)
+        .with_context(|| format!("cannot read {}", p.display()))?
+        .len())
 }
 
 /// Removes the temp file unless the restore got to its rename.
@@ -373,6 +416,7 @@ pub fn cli(
             key: key.clone(),
             timestamp_ms,
             txid: r.txid,
+            check: a.check,
         },
     )?;
     if a.out.json {
@@ -380,14 +424,19 @@ pub fn cli(
     } else if !a.out.quiet {
         match (&rep.generation, rep.restored) {
             (Some(g), true) => eprintln!(
-                "restored generation {g} (snapshot {}, {} segments) to {}: transaction {}, {}; {:.2}s; integrity_check ok",
+                "restored generation {g} (snapshot {}, {} segments) to {}: transaction {}, {}; {:.2}s; {}",
                 rep.snapshot.as_deref().unwrap_or(""),
                 rep.segments,
                 rep.output,
                 rep.txid.unwrap_or(0),
                 rep.time_ms
                     .map_or("at its snapshot".into(), cairn_core::time::rfc3339),
-                rep.seconds
+                rep.seconds,
+                if rep.integrity_check == Some("recorded") {
+                    "integrity_check recorded on its snapshot, every page since checked by its sums"
+                } else {
+                    "integrity_check ok"
+                }
             ),
             _ if out.exists() => {
                 eprintln!("{} exists; nothing to do (--if-db-not-exists)", rep.output)

@@ -245,3 +245,70 @@ fn a_huge_or_deeply_nested_catalog_or_commit_is_refused() {
         .fails_with(&[key, "is damaged", "recursion limit"]);
     assert!(!s.path("r.db").exists());
 }
+
+/// A forged segment (unencrypted, so anyone who can write the destination
+/// can make one with a valid checksum) declaring a database of a billion
+/// pages: restore refuses it by name instead of growing its temp file to
+/// terabytes, and leaves nothing beside the target.
+#[test]
+fn a_segment_claiming_a_huge_database_is_refused() {
+    use cairn_core::segment::{Segment, parse_segment_key};
+    use cairn_core::{Compression, KeyMaterial, SourceKind, WriterParams};
+
+    let s = Scratch::new();
+    let db = s.make_db("app.db", ROWS);
+    let mut rep = s
+        .cmd(&["replicate", "app.db", "r", "--interval", "20ms"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let c = rusqlite::Connection::open(&db).unwrap();
+    c.busy_timeout(std::time::Duration::from_secs(5)).unwrap();
+    let segments = |s: &Scratch| -> Vec<String> {
+        s.files("r")
+            .into_iter()
+            .filter(|f| parse_segment_key(f).is_some())
+            .collect()
+    };
+    let t0 = std::time::Instant::now();
+    let mut next = ROWS;
+    while segments(&s).len() < 3 {
+        assert!(t0.elapsed().as_secs() < 60, "no segments appeared");
+        insert_rows(&c, next, 5);
+        next += 5;
+        std::thread::sleep(std::time::Duration::from_millis(60));
+    }
+    // SAFETY: signalling our own child by its pid.
+    unsafe { libc::kill(rep.id() as libc::pid_t, libc::SIGTERM) };
+    rep.wait().unwrap();
+    s.run(&["restore", "r", "-o", "good.db"]).ok();
+
+    let last = segments(&s).pop().unwrap();
+    let mut seg = Segment::open(&s.read(&format!("r/{last}")), &last, &KeyMaterial::None).unwrap();
+    seg.info.db_pages = 1_000_000_000;
+    let forged = seg
+        .build(WriterParams {
+            archive_id: [9; 16],
+            source: SourceKind::File,
+            db_name: "app.db".into(),
+            created_at_ms: 0,
+            page_size: 0,
+            chunk_size: cairn_core::DEFAULT_CHUNK_SIZE,
+            compression: Compression::Deflate { level: 6 },
+            encryption: None,
+        })
+        .unwrap();
+    std::fs::write(s.path(&format!("r/{last}")), forged).unwrap();
+
+    s.run(&["restore", "r", "-o", "out/app.db"]).fails_with(&[
+        "nothing wrote past page",
+        "damaged or forged",
+        &last,
+    ]);
+    assert_eq!(
+        s.files("out"),
+        Vec::<String>::new(),
+        "nothing left beside the target"
+    );
+}

@@ -17,6 +17,7 @@ mod main_job;
 mod postgres;
 mod proxy_selftest;
 mod remote;
+mod replica_check;
 mod replicate;
 mod sandbox;
 mod servers_selftest;
