@@ -18,6 +18,8 @@ mod postgres;
 mod proxy_selftest;
 mod remote;
 mod replicate;
+mod replicate_dir;
+mod replicate_torture;
 mod sandbox;
 mod servers_selftest;
 mod spec;
