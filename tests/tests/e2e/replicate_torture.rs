@@ -234,7 +234,7 @@ fn restores_hold_exactly_the_commits_before_each_moment_despite_kills_and_faults
             continue;
         };
         // The generation a restore at t uses must be this run's.
-        let Some(g) = gen_start.iter().filter(|(s, _)| *s <= t).last() else {
+        let Some(g) = gen_start.iter().rfind(|(s, _)| *s <= t) else {
             continue;
         };
         if g.0 < life.start {
