@@ -12,6 +12,7 @@ pub mod encoder;
 pub mod envelope;
 pub mod error;
 pub mod frame;
+pub mod glob;
 pub mod header;
 pub mod key;
 pub mod layout;

@@ -5,6 +5,7 @@ pub mod postgres;
 pub mod proxy;
 pub mod servers;
 pub mod sinks;
+pub mod writer;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

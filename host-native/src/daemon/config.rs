@@ -81,6 +81,7 @@ pub struct Config {
     pub metrics_listen: Option<SocketAddr>,
     pub routes: Vec<Route>,
     pub databases: Vec<Database>,
+    pub directories: Vec<Directory>,
 }
 
 #[derive(Debug, Clone)]
@@ -105,6 +106,36 @@ pub struct Database {
     /// `replicate = true`: the daemon also runs a continuous replicator
     /// for this (SQLite, WAL-mode) database into its destinations.
     pub replicate: bool,
+    /// The replicator's settings given here (the rest: `cairn replicate`'s defaults).
+    pub tuning: Tuning,
+}
+
+/// A replicator's settings a `[[databases]]` (with `replicate = true`) or
+/// `[[directories]]` entry may give; unset ones keep `cairn replicate`'s
+/// defaults.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Tuning {
+    pub interval: Option<Duration>,
+    pub snapshot_interval: Option<Duration>,
+    pub wal_limit: Option<u64>,
+    pub lease_ttl: Option<Duration>,
+}
+
+/// `[[directories]]`: every SQLite database (in WAL mode) of a directory
+/// whose file name matches `pattern`, replicated continuously; new ones
+/// picked up, removed ones stopped (`cairn replicate --dir`).
+#[derive(Debug, Clone)]
+pub struct Directory {
+    /// Its databases are named `NAME/FILE` in logs, metrics, notifications and status.
+    pub name: String,
+    pub dir: PathBuf,
+    pub pattern: String,
+    pub scan_interval: Duration,
+    pub destinations: Vec<String>,
+    pub level: u8,
+    pub key: KeyArgs,
+    pub notify: Vec<String>,
+    pub tuning: Tuning,
 }
 
 #[derive(Debug, Clone)]
@@ -353,6 +384,7 @@ fn parse_inner(
     // [[databases]]
     let mut databases = Vec::new();
     match root.get("databases") {
+        None if root.t.contains_key("directories") => {}
         None => errs.push(Problem {
             path: "databases".into(),
             message: "no databases: add at least one [[databases]] table".into(),
@@ -389,8 +421,44 @@ fn parse_inner(
             message: "must be an array of tables ([[databases]])".into(),
         }),
     }
+    // [[directories]]
+    let mut directories: Vec<Directory> = Vec::new();
+    match root.get("directories") {
+        None => {}
+        Some(toml::Value::Array(a)) => {
+            for (i, v) in a.iter().enumerate() {
+                let path = format!("directories[{i}]");
+                let Some(t) = v.as_table() else {
+                    errs.push(Problem {
+                        path,
+                        message: "must be a table ([[directories]])".into(),
+                    });
+                    continue;
+                };
+                if let Some(d) = directory(Obj::new(path.clone(), t), &base, &routes, errs) {
+                    if databases.iter().any(|b: &Database| b.name == d.name)
+                        || directories.iter().any(|o| o.name == d.name)
+                    {
+                        errs.push(Problem {
+                            path: format!("{path}.name"),
+                            message: format!(
+                                "\"{}\" is already the name of a database or directory: names must be unique",
+                                d.name
+                            ),
+                        });
+                    }
+                    directories.push(d);
+                }
+            }
+        }
+        Some(_) => errs.push(Problem {
+            path: "directories".into(),
+            message: "must be an array of tables ([[directories]])".into(),
+        }),
+    }
     root.finish(errs);
     Some(Config {
+        directories,
         file: file.to_path_buf(),
         log_level,
         log_format,
@@ -659,6 +727,191 @@ fn database(
     {
         o.err("source", format!("{e:#}"), errs);
     }
+    let destinations = destinations(&mut o, base, errs);
+    let sched = match o.table("schedule", errs) {
+        Some(s) => schedule(s, errs),
+        None => {
+            o.err("schedule", "missing: e.g. schedule = { cron = \"0 3 * * *\" } or schedule = { every = \"24h\" }".into(), errs);
+            None
+        }
+    };
+    let codec_given = o.string("codec", errs).and_then(|c| {
+        let parsed = crate::backup::Codec::parse(&c);
+        if parsed.is_none() {
+            o.err(
+                "codec",
+                format!("{c:?} is not a codec: use gzip or zstd"),
+                errs,
+            );
+        }
+        parsed
+    });
+    let level_given = o.int("level", 0, 19, errs).map(|l| l as u8);
+    let key = key(&mut o, base, errs);
+    let codec = codec_given.unwrap_or(crate::backup::Codec::default_for(key.is_given()));
+    let level = level_given.unwrap_or(codec.default_level());
+    if let Err(e) = codec.compression(level) {
+        o.err("level", e, errs);
+    }
+    let retention = o.table("retention", errs).and_then(|r| retention(r, errs));
+    let timeout = o.duration("timeout", errs).unwrap_or(DEFAULT_TIMEOUT);
+    let lock_timeout = o
+        .duration("lock_timeout", errs)
+        .unwrap_or(crate::sources::sqlite::DEFAULT_LOCK_TIMEOUT);
+    let notify = notify(&mut o, routes, errs);
+    let verify = o.table("verify", errs).and_then(|mut v| {
+        let t = v.duration("timeout", errs).unwrap_or(timeout);
+        let s = schedule(v, errs)?;
+        Some(Drill {
+            schedule: s,
+            timeout: t,
+        })
+    });
+    let replicate = match o.get("replicate") {
+        None => false,
+        Some(toml::Value::Boolean(b)) => *b,
+        Some(v) => {
+            o.err(
+                "replicate",
+                format!("must be true or false, not {}", v.type_str()),
+                errs,
+            );
+            false
+        }
+    };
+    if replicate {
+        match &source {
+            Some(Source::Postgres(_)) => o.err(
+                "replicate",
+                "continuous replication is for SQLite databases in WAL mode, not PostgreSQL: remove `replicate = true` (scheduled backups still run)".into(),
+                errs,
+            ),
+            Some(Source::Sqlite(p)) => {
+                if let Err(m) = check_wal(p) {
+                    o.err("replicate", m, errs);
+                }
+            }
+            None => {}
+        }
+    }
+    let tuning = tuning(&mut o, replicate, errs);
+    o.finish(errs);
+    if errs.len() != n0 {
+        return None;
+    }
+    Some(Database {
+        replicate,
+        tuning,
+        name: name?,
+        source: source?,
+        destinations,
+        schedule: sched?,
+        level,
+        codec,
+        key,
+        retention,
+        timeout,
+        lock_timeout,
+        notify,
+        verify,
+    })
+}
+
+/// The replicator settings of an entry; with `replicate` false (a
+/// `[[databases]]` entry that does not replicate) they are refused.
+fn tuning(o: &mut Obj<'_>, replicate: bool, errs: &mut Vec<Problem>) -> Tuning {
+    let t = Tuning {
+        interval: o.duration("interval", errs),
+        snapshot_interval: o.duration("snapshot_interval", errs),
+        wal_limit: o.string("wal_limit", errs).and_then(|w| {
+            crate::replicate::parse_bytes(&w)
+                .map_err(|e| o.err("wal_limit", e, errs))
+                .ok()
+        }),
+        lease_ttl: o.duration("lease_ttl", errs),
+    };
+    if t.lease_ttl.is_some_and(|l| l < Duration::from_secs(2)) {
+        o.err("lease_ttl", "must be at least 2s".into(), errs);
+    }
+    if !replicate && t != Tuning::default() {
+        let given: Vec<&str> = [
+            ("interval", t.interval.is_some()),
+            ("snapshot_interval", t.snapshot_interval.is_some()),
+            ("wal_limit", t.wal_limit.is_some()),
+            ("lease_ttl", t.lease_ttl.is_some()),
+        ]
+        .into_iter()
+        .filter(|(_, g)| *g)
+        .map(|(k, _)| k)
+        .collect();
+        o.err(
+            given[0],
+            format!(
+                "replication settings ({}) apply with replicate = true only",
+                given.join(", ")
+            ),
+            errs,
+        );
+    }
+    t
+}
+
+fn directory(
+    mut o: Obj<'_>,
+    base: &Path,
+    routes: &[Route],
+    errs: &mut Vec<Problem>,
+) -> Option<Directory> {
+    let n0 = errs.len();
+    let name = o.required_string("name", errs);
+    if let Some(n) = &name
+        && !valid_name(n)
+    {
+        o.err(
+            "name",
+            format!("{n:?} is not a valid name: use letters, digits, '.', '_' and '-'"),
+            errs,
+        );
+    }
+    if !o.t.contains_key("dir") {
+        o.err(
+            "dir",
+            "missing: the directory holding the databases, e.g. dir = \"/srv/dbs\"".into(),
+            errs,
+        );
+    }
+    let dir = o.path("dir", base, errs);
+    let pattern = o.string("pattern", errs).unwrap_or_else(|| "*.db".into());
+    if let Err(e) = cairn_core::glob::check(&pattern) {
+        o.err("pattern", e, errs);
+    }
+    let scan_interval = o
+        .duration("scan_interval", errs)
+        .unwrap_or(Duration::from_secs(1));
+    let destinations = destinations(&mut o, base, errs);
+    let level = o.int("level", 0, 9, errs).unwrap_or(6) as u8;
+    let key = key(&mut o, base, errs);
+    let notify = notify(&mut o, routes, errs);
+    let tuning = tuning(&mut o, true, errs);
+    o.finish(errs);
+    if errs.len() != n0 {
+        return None;
+    }
+    Some(Directory {
+        name: name?,
+        dir: dir?,
+        pattern,
+        scan_interval,
+        destinations,
+        level,
+        key,
+        notify,
+        tuning,
+    })
+}
+
+/// `destinations`: `${VAR}`-expanded, local ones made absolute, no duplicates.
+fn destinations(o: &mut Obj<'_>, base: &Path, errs: &mut Vec<Problem>) -> Vec<String> {
     let mut destinations = Vec::new();
     match o.strings("destinations", errs) {
         None => o.err(
@@ -706,37 +959,12 @@ fn database(
             }
         }
     }
-    let sched = match o.table("schedule", errs) {
-        Some(s) => schedule(s, errs),
-        None => {
-            o.err("schedule", "missing: e.g. schedule = { cron = \"0 3 * * *\" } or schedule = { every = \"24h\" }".into(), errs);
-            None
-        }
-    };
-    let codec_given = o.string("codec", errs).and_then(|c| {
-        let parsed = crate::backup::Codec::parse(&c);
-        if parsed.is_none() {
-            o.err(
-                "codec",
-                format!("{c:?} is not a codec: use gzip or zstd"),
-                errs,
-            );
-        }
-        parsed
-    });
-    let level_given = o.int("level", 0, 19, errs).map(|l| l as u8);
-    let key = key(&mut o, base, errs);
-    let codec = codec_given.unwrap_or(crate::backup::Codec::default_for(key.is_given()));
-    let level = level_given.unwrap_or(codec.default_level());
-    if let Err(e) = codec.compression(level) {
-        o.err("level", e, errs);
-    }
-    let retention = o.table("retention", errs).and_then(|r| retention(r, errs));
-    let timeout = o.duration("timeout", errs).unwrap_or(DEFAULT_TIMEOUT);
-    let lock_timeout = o
-        .duration("lock_timeout", errs)
-        .unwrap_or(crate::sources::sqlite::DEFAULT_LOCK_TIMEOUT);
-    let notify = match o.strings("notify", errs) {
+    destinations
+}
+
+/// `notify`: names of routes (default: every route).
+fn notify(o: &mut Obj<'_>, routes: &[Route], errs: &mut Vec<Problem>) -> Vec<String> {
+    match o.strings("notify", errs) {
         None => routes.iter().map(|r| r.name.clone()).collect(),
         Some(l) => {
             let mut v = Vec::new();
@@ -760,61 +988,7 @@ fn database(
             }
             v
         }
-    };
-    let verify = o.table("verify", errs).and_then(|mut v| {
-        let t = v.duration("timeout", errs).unwrap_or(timeout);
-        let s = schedule(v, errs)?;
-        Some(Drill {
-            schedule: s,
-            timeout: t,
-        })
-    });
-    let replicate = match o.get("replicate") {
-        None => false,
-        Some(toml::Value::Boolean(b)) => *b,
-        Some(v) => {
-            o.err(
-                "replicate",
-                format!("must be true or false, not {}", v.type_str()),
-                errs,
-            );
-            false
-        }
-    };
-    if replicate {
-        match &source {
-            Some(Source::Postgres(_)) => o.err(
-                "replicate",
-                "continuous replication is for SQLite databases in WAL mode, not PostgreSQL: remove `replicate = true` (scheduled backups still run)".into(),
-                errs,
-            ),
-            Some(Source::Sqlite(p)) => {
-                if let Err(m) = check_wal(p) {
-                    o.err("replicate", m, errs);
-                }
-            }
-            None => {}
-        }
     }
-    o.finish(errs);
-    if errs.len() != n0 {
-        return None;
-    }
-    Some(Database {
-        replicate,
-        name: name?,
-        source: source?,
-        destinations,
-        schedule: sched?,
-        level,
-        codec,
-        key,
-        retention,
-        timeout,
-        lock_timeout,
-        notify,
-        verify,
-    })
 }
 
 /// A database to replicate must be in WAL mode: bytes 18 and 19 of a

@@ -30,6 +30,14 @@ pub struct Metrics {
     dest_last_success: FGauge,
     drill_last_pass: FGauge,
     drill_failures: FCounter,
+    repl_lag: FGauge,
+    repl_txid: FGauge,
+    repl_last_shipped: FGauge,
+    repl_up: FGauge,
+    repl_segments: FCounter,
+    repl_bytes: FCounter,
+    repl_failures: FCounter,
+    repl_generations: FCounter,
 }
 
 fn db(d: &str) -> Labels {
@@ -66,8 +74,64 @@ impl Metrics {
             dest_last_success: FGauge::default(),
             drill_last_pass: FGauge::default(),
             drill_failures: FCounter::default(),
+            repl_lag: FGauge::default(),
+            repl_txid: FGauge::default(),
+            repl_last_shipped: FGauge::default(),
+            repl_up: FGauge::default(),
+            repl_segments: FCounter::default(),
+            repl_bytes: FCounter::default(),
+            repl_failures: FCounter::default(),
+            repl_generations: FCounter::default(),
             registry: Registry::default(),
         };
+        for (name, help, g) in [
+            (
+                "replication_lag_seconds",
+                "How long transactions read from the WAL have waited to be shipped (0: all shipped)",
+                &m.repl_lag,
+            ),
+            (
+                "replication_shipped_txid",
+                "The newest transaction id shipped to every destination",
+                &m.repl_txid,
+            ),
+            (
+                "replication_last_shipped_timestamp_seconds",
+                "When the replicator last shipped a segment",
+                &m.repl_last_shipped,
+            ),
+            (
+                "replication_up",
+                "1 while the replicator runs (starting, running, retrying), 0 after it failed",
+                &m.repl_up,
+            ),
+        ] {
+            registry.register(name, help, g.clone());
+        }
+        for (name, help, c) in [
+            (
+                "replication_segments_shipped",
+                "Segments shipped (to every destination)",
+                &m.repl_segments,
+            ),
+            (
+                "replication_bytes_shipped",
+                "Segment bytes shipped (to each destination)",
+                &m.repl_bytes,
+            ),
+            (
+                "replication_failures",
+                "Replicator runs that failed (each started again after a back-off)",
+                &m.repl_failures,
+            ),
+            (
+                "replication_generations",
+                "Generations started (at start-up, on the snapshot interval, after missed frames)",
+                &m.repl_generations,
+            ),
+        ] {
+            registry.register(name, help, c.clone());
+        }
         registry.register(
             "backup_last_success_timestamp_seconds",
             "When the last fully successful backup of the database ended",
@@ -151,6 +215,46 @@ impl Metrics {
                 }
             }
         }
+    }
+
+    /// A running replicator's status, and what it shipped since the last call.
+    pub fn replication(
+        &self,
+        database: &str,
+        st: &crate::replicate::Status,
+        segments: u64,
+        bytes: u64,
+        new_generation: bool,
+    ) {
+        let l = db(database);
+        let now = crate::storage::now_ms();
+        self.repl_lag
+            .get_or_create(&l)
+            .set(st.lag_ms(now) as f64 / 1000.0);
+        self.repl_txid.get_or_create(&l).set(st.shipped_txid as f64);
+        if let Some(t) = st.last_shipped_at_ms {
+            self.repl_last_shipped
+                .get_or_create(&l)
+                .set(t as f64 / 1000.0);
+        }
+        self.repl_up
+            .get_or_create(&l)
+            .set(if st.is_live() { 1.0 } else { 0.0 });
+        self.repl_segments.get_or_create(&l).inc_by(segments);
+        self.repl_bytes.get_or_create(&l).inc_by(bytes);
+        if new_generation {
+            self.repl_generations.get_or_create(&l).inc();
+        }
+    }
+
+    pub fn replication_failed(&self, database: &str) {
+        self.repl_failures.get_or_create(&db(database)).inc();
+        self.replication_down(database);
+    }
+
+    /// Not running (failed, waiting for its back-off).
+    pub fn replication_down(&self, database: &str) {
+        self.repl_up.get_or_create(&db(database)).set(0.0);
     }
 
     pub fn text(&self) -> String {
@@ -269,5 +373,40 @@ mod tests {
             "{t}"
         );
         assert!(t.trim_end().ends_with("# EOF"), "{t}");
+    }
+
+    #[test]
+    fn replication_metrics_per_database() {
+        let m = Metrics::new();
+        let mut st = crate::replicate::Status {
+            state: crate::replicate::State::Running,
+            shipped_txid: 42,
+            last_shipped_at_ms: Some(1_700_000_000_000),
+            ..Default::default()
+        };
+        st.pending(true);
+        st.pending_since_ms = Some(crate::storage::now_ms() - 3000);
+        m.replication("app", &st, 3, 1000, true);
+        m.replication("app", &st, 2, 500, false);
+        m.replication_failed("app");
+        let t = m.text();
+        for want in [
+            "cairn_replication_shipped_txid{database=\"app\"} 42",
+            "cairn_replication_segments_shipped_total{database=\"app\"} 5",
+            "cairn_replication_bytes_shipped_total{database=\"app\"} 1500",
+            "cairn_replication_generations_total{database=\"app\"} 1",
+            "cairn_replication_failures_total{database=\"app\"} 1",
+            "cairn_replication_up{database=\"app\"} 0",
+            "cairn_replication_last_shipped_timestamp_seconds{database=\"app\"} 1700000000",
+        ] {
+            assert!(t.contains(want), "{want}:\n{t}");
+        }
+        let lag: f64 = t
+            .lines()
+            .find_map(|l| l.strip_prefix("cairn_replication_lag_seconds{database=\"app\"} "))
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!((2.9..10.0).contains(&lag), "{lag}");
     }
 }

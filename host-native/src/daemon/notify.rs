@@ -22,7 +22,8 @@ use super::schedule::rfc3339;
 #[derive(Debug, Clone, Serialize)]
 pub struct Event {
     pub schema: &'static str,
-    /// "backup" or "drill" (a restore drill).
+    /// "backup", "drill" (a restore drill) or "replication" (a replicator
+    /// failed: `status` "failure"; or recovered after that: "success").
     pub event: &'static str,
     pub database: String,
     /// "success" or "failure".
@@ -58,17 +59,43 @@ impl Event {
         }
     }
 
+    /// A replicator failed (`error`), or recovered after a notified failure.
+    pub fn replication(database: &str, error: Option<String>) -> Event {
+        Event {
+            schema: SCHEMA,
+            event: "replication",
+            database: database.to_string(),
+            status: if error.is_none() {
+                "success"
+            } else {
+                "failure"
+            },
+            error,
+            backup_id: None,
+            bytes: 0,
+            duration_seconds: 0.0,
+            destinations: Vec::new(),
+            host: crate::storage::hostname(),
+            time: rfc3339(crate::storage::now_ms()),
+        }
+    }
+
     fn ok(&self) -> bool {
         self.status == "success"
     }
 
     fn subject(&self) -> String {
-        let what = if self.event == "drill" {
-            "restore drill"
-        } else {
-            "backup"
+        let what = match self.event {
+            "drill" => "restore drill",
+            "replication" => "replication",
+            _ => "backup",
         };
-        if self.ok() {
+        if self.event == "replication" && self.ok() {
+            format!(
+                "cairn: replication of {} recovered on {}",
+                self.database, self.host
+            )
+        } else if self.ok() {
             format!(
                 "cairn: {what} of {} succeeded on {}",
                 self.database, self.host
@@ -127,6 +154,16 @@ impl Notifier {
                 let ev = ev.clone();
                 self.tasks.spawn(deliver(r, ev));
             }
+        }
+    }
+
+    /// Queues `ev` for every route in `routes`, whatever it subscribed to
+    /// (the caller chose them: a replicator's recovery goes to the routes
+    /// that were told of its failure).
+    pub fn send_all(&mut self, routes: &[&Route], ev: &Event) {
+        while self.tasks.try_join_next().is_some() {}
+        for r in routes {
+            self.tasks.spawn(deliver((*r).clone(), ev.clone()));
         }
     }
 

@@ -160,7 +160,9 @@ impl Daemon {
                 _ = int.recv() => { tracing::info!("SIGINT received"); break; }
                 _ = hup.recv() => self.reload().await,
             }
-            self.replicators.tick().await;
+            self.replicators
+                .tick(&mut self.notifier, &self.metrics)
+                .await;
         }
         self.shutdown(&mut term, &mut int).await;
         Ok(())

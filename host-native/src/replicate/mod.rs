@@ -10,6 +10,7 @@
 //! application's own tokio runtime; [`status`] is what a running one reports.
 
 pub mod config;
+pub mod dir;
 pub mod embed;
 pub mod generation;
 pub mod lease;
@@ -44,11 +45,14 @@ use wal_tail::{Poll, WalTail};
 
 #[derive(Args, Debug)]
 pub struct ReplicateArgs {
-    /// The SQLite database to replicate (in WAL mode).
+    /// The SQLite database to replicate (in WAL mode); with --dir, the
+    /// first destination.
     pub db: PathBuf,
     /// Destinations: directories, s3://… or sftp://….
-    #[arg(required = true)]
+    #[arg(required_unless_present = "dir")]
     pub dests: Vec<String>,
+    #[command(flatten)]
+    pub dir: dir::DirArgs,
     /// How often to look at the WAL.
     #[arg(long, default_value = "50ms", value_parser = humantime::parse_duration)]
     pub interval: Duration,
@@ -77,7 +81,7 @@ pub struct ReplicateArgs {
     pub json: bool,
 }
 
-fn parse_bytes(s: &str) -> Result<u64, String> {
+pub fn parse_bytes(s: &str) -> Result<u64, String> {
     let t = s.trim();
     let (num, mult) = [
         ("GiB", 1u64 << 30),
@@ -317,6 +321,9 @@ impl Replicator<'_> {
     }
 
     fn queue(&mut self, t: Vec<Txn>) {
+        if !t.is_empty() {
+            self.opts.status.lock().unwrap().pending(true);
+        }
         self.report.transactions += t.len() as u64;
         self.queued.extend(t);
     }
@@ -336,6 +343,7 @@ impl Replicator<'_> {
                 )?);
             }
             let Some(r) = self.ready.as_mut() else {
+                self.opts.status.lock().unwrap().pending(false);
                 return Ok(());
             };
             self.shipper.ship(self.dests, r)?;
@@ -344,6 +352,7 @@ impl Replicator<'_> {
                 r.max_txid,
                 self.report.transactions,
                 self.shipper.segments,
+                self.shipper.bytes,
             );
             self.ready = None;
         }
@@ -419,6 +428,7 @@ impl Replicator<'_> {
                     ready.max_txid,
                     self.report.transactions,
                     self.shipper.segments,
+                    self.shipper.bytes,
                 );
             }
             let entry = GenerationEntry {
@@ -462,20 +472,32 @@ impl Replicator<'_> {
     }
 }
 
-/// `cairn replicate DB DEST…`
-pub fn cli(a: ReplicateArgs, rt: &tokio::runtime::Runtime) -> Result<()> {
-    let opts = ReplicateOptions {
-        db: a.db,
-        key: a.key.load()?,
-        compression: backup::check_level(a.level)?,
-        interval: a.interval.max(Duration::from_millis(1)),
-        snapshot_interval: a.snapshot_interval,
-        lease_ttl: a.lease_ttl,
-        wal_limit: a.wal_limit,
-        temp_dir: a.temp_dir.unwrap_or_else(std::env::temp_dir),
-        log: LogTo::Stderr,
+/// `cairn replicate DB DEST…` (or `--dir DIR DEST…`, [`dir`]).
+pub fn cli(mut a: ReplicateArgs, rt: &tokio::runtime::Runtime) -> Result<()> {
+    let key = a.key.load()?;
+    let compression = backup::check_level(a.level)?;
+    let temp_dir = a.temp_dir.clone().unwrap_or_else(std::env::temp_dir);
+    let (interval, snapshot_interval) = (
+        a.interval.max(Duration::from_millis(1)),
+        a.snapshot_interval,
+    );
+    let (lease_ttl, wal_limit) = (a.lease_ttl, a.wal_limit);
+    let options = |db: &std::path::Path, log| ReplicateOptions {
+        db: db.to_path_buf(),
+        key: key.clone(),
+        compression,
+        interval,
+        snapshot_interval,
+        lease_ttl,
+        wal_limit,
+        temp_dir: temp_dir.clone(),
+        log,
         status: Default::default(),
     };
+    if a.dir.dir.is_some() {
+        // The positional DB is then the first destination.
+        a.dests.insert(0, a.db.display().to_string());
+    }
     let dests = a
         .dests
         .iter()
@@ -499,6 +521,10 @@ pub fn cli(a: ReplicateArgs, rt: &tokio::runtime::Runtime) -> Result<()> {
             stop.store(true, Ordering::Relaxed);
         });
     }
+    if a.dir.dir.is_some() {
+        return dir::cli(&a.dir, dests, |p| options(p, LogTo::Tracing), &stop, a.json);
+    }
+    let opts = options(&a.db, LogTo::Stderr);
     let report = run(&dests, &opts, &stop)?;
     if a.json {
         crate::cli::print_json(&report)?;

@@ -78,6 +78,13 @@ pub struct Status {
     pub last_shipped_at_ms: Option<i64>,
     /// Why it is retrying, or why it failed.
     pub error: Option<String>,
+    /// Segment bytes shipped (to each destination), this run.
+    #[serde(default)]
+    pub segment_bytes: u64,
+    /// Since when transactions read from the WAL wait to be shipped (Unix
+    /// ms; none: everything read is shipped): the replication lag's start.
+    #[serde(default)]
+    pub pending_since_ms: Option<i64>,
 }
 
 impl Status {
@@ -88,11 +95,27 @@ impl Status {
         }
     }
 
-    pub fn shipped(&mut self, txid: u64, transactions: u64, segments: u64) {
+    pub fn shipped(&mut self, txid: u64, transactions: u64, segments: u64, bytes: u64) {
         self.shipped_txid = txid;
         self.transactions = transactions;
         self.segments = segments;
+        self.segment_bytes = bytes;
         self.last_shipped_at_ms = Some(now_ms());
+    }
+
+    /// Transactions were read and wait to be shipped (`true`), or every
+    /// one read is shipped (`false`).
+    pub fn pending(&mut self, waiting: bool) {
+        match (waiting, self.pending_since_ms) {
+            (true, None) => self.pending_since_ms = Some(now_ms()),
+            (false, _) => self.pending_since_ms = None,
+            _ => {}
+        }
+    }
+
+    /// How far the destinations are behind what was read from the WAL.
+    pub fn lag_ms(&self, now_ms: i64) -> i64 {
+        self.pending_since_ms.map_or(0, |t| (now_ms - t).max(0))
     }
 
     pub fn retrying(&mut self, error: Option<&str>) {

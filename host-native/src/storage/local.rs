@@ -158,6 +158,25 @@ pub fn sweep_dead_temps_of(dir: &Path, final_name: &str) -> usize {
     removed
 }
 
+/// [`sweep_dir`] on `dir` and the directories below it: replication's
+/// segments and lease records live four levels down
+/// (`generations/<gen>/segments/<LL>/`, `replication/<db>/lease/`).
+fn sweep_tree(dir: &Path, cutoff_ms: i64, removed: &mut usize, depth: usize) -> io::Result<()> {
+    sweep_dir(dir, cutoff_ms, removed)?;
+    if depth >= 4 {
+        return Ok(());
+    }
+    if let Ok(rd) = fs::read_dir(dir) {
+        for e in rd.flatten() {
+            // Not through symlinks: a sweep stays inside the destination.
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                sweep_tree(&e.path(), cutoff_ms, removed, depth + 1)?;
+            }
+        }
+    }
+    Ok(())
+}
+
 fn sweep_dir(dir: &Path, cutoff_ms: i64, removed: &mut usize) -> io::Result<()> {
     let rd = match fs::read_dir(dir) {
         Ok(rd) => rd,
@@ -325,14 +344,7 @@ impl Backend for LocalDir {
         let cutoff = super::now_ms() - older_than_ms;
         blocking(move || {
             let mut removed = 0;
-            sweep_dir(&root, cutoff, &mut removed)?;
-            if let Ok(rd) = fs::read_dir(&root) {
-                for e in rd.flatten() {
-                    if e.file_type().is_ok_and(|t| t.is_dir()) {
-                        sweep_dir(&e.path(), cutoff, &mut removed)?;
-                    }
-                }
-            }
+            sweep_tree(&root, cutoff, &mut removed, 0)?;
             Ok(removed)
         })
         .await

@@ -1586,3 +1586,234 @@ replicate = true
     assert_ne!(r.code, 0);
     assert!(r.stderr.contains("databases[0].replicate"), "{}", r.stderr);
 }
+
+fn metrics_text(port: u16) -> String {
+    let Ok(mut c) = TcpStream::connect(("127.0.0.1", port)) else {
+        return String::new();
+    };
+    let _ = std::io::Write::write_all(&mut c, b"GET /metrics HTTP/1.1\r\nhost: x\r\n\r\n");
+    let mut out = String::new();
+    let _ = c.read_to_string(&mut out);
+    out
+}
+
+/// The value of one sample (`name{labels}`) in a metrics text.
+fn sample(text: &str, name_labels: &str) -> Option<f64> {
+    text.lines()
+        .filter_map(parse_sample)
+        .find(|(n, _)| n == name_labels)
+        .map(|(_, v)| v)
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn generation_dbs(s: &Scratch, dest: &str) -> Vec<String> {
+    let r = s.run(&["list", dest, "--generations", "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&r.stdout).unwrap_or_default();
+    v.as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|g| g["db_name"].as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn a_failing_replicator_notifies_once_then_its_recovery_once_and_has_metrics() {
+    let Some(smtp) = SmtpSink::start() else {
+        return;
+    };
+    let hook = HttpSink::start(200);
+    let s = Scratch::new();
+    let db = s.make_db("app.db", 50);
+    // Another replicator holds the lease: the daemon's fails until it stops.
+    let mut holder = s
+        .cmd(&["replicate", "app.db", "replica", "--interval", "20ms"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for("the holder's generation", Duration::from_secs(60), || {
+        !generation_dbs(&s, "replica").is_empty()
+    });
+    let port = free_port();
+    write_config(
+        &s,
+        &format!(
+            r#"
+[daemon]
+state_dir = "state"
+metrics_listen = "127.0.0.1:{port}"
+[notifications.mail]
+type = "email"
+host = "127.0.0.1"
+port = {}
+tls = "none"
+from = "cairn@example.com"
+to = ["ops@example.com"]
+[notifications.hook]
+type = "webhook"
+url = "{}"
+[[databases]]
+name = "app"
+source = "app.db"
+destinations = ["replica"]
+schedule = {{ cron = "0 3 * * *" }}
+replicate = true
+interval = "20ms"
+snapshot_interval = "1h"
+wal_limit = "8MiB"
+lease_ttl = "30s"
+"#,
+            smtp.port,
+            hook.url("/h")
+        ),
+    );
+    s.run(&["config", "check", "-c", "cairn.toml"]).ok();
+    let mut d = Daemon::start(&s, &[]);
+    let repl_hooks = |status: &str| -> Vec<serde_json::Value> {
+        hooks(&hook, "app", status)
+            .into_iter()
+            .filter(|j| j["event"] == "replication")
+            .collect()
+    };
+    wait_for("the failure webhook", Duration::from_secs(30), || {
+        !repl_hooks("failure").is_empty()
+    });
+    let f = &repl_hooks("failure")[0];
+    assert!(f["error"].as_str().unwrap().contains("held by"), "{f}");
+    // It is retried after its back-off (5 s) and fails again: no new notice.
+    wait_for("a second failure", Duration::from_secs(30), || {
+        sample(
+            &metrics_text(port),
+            "cairn_replication_failures_total{database=\"app\"}",
+        )
+        .unwrap_or(0.0)
+            >= 2.0
+    });
+    assert!(d.log().matches("replication failed").count() >= 2);
+    assert_eq!(repl_hooks("failure").len(), 1, "{}", d.log());
+    let m = metrics_text(port);
+    assert_eq!(
+        sample(&m, "cairn_replication_up{database=\"app\"}"),
+        Some(0.0),
+        "{m}"
+    );
+    // The holder stops (its lease released): the next try runs, and its
+    // recovery is notified once.
+    // SAFETY: signalling our own child by its pid.
+    unsafe { libc::kill(holder.id() as libc::pid_t, libc::SIGTERM) };
+    assert!(holder.wait().unwrap().success());
+    wait_for("the recovery webhook", Duration::from_secs(60), || {
+        !repl_hooks("success").is_empty()
+    });
+    let c = rusqlite::Connection::open(&db).unwrap();
+    insert_rows(&c, 1000, 30);
+    drop(c);
+    wait_for(
+        "shipped segments in the metrics",
+        Duration::from_secs(30),
+        || {
+            let m = metrics_text(port);
+            sample(
+                &m,
+                "cairn_replication_segments_shipped_total{database=\"app\"}",
+            )
+            .is_some_and(|v| v >= 1.0)
+                && sample(&m, "cairn_replication_shipped_txid{database=\"app\"}")
+                    .is_some_and(|v| v >= 1.0)
+        },
+    );
+    let m = metrics_text(port);
+    for (k, min) in [
+        (
+            "cairn_replication_bytes_shipped_total{database=\"app\"}",
+            1.0,
+        ),
+        ("cairn_replication_generations_total{database=\"app\"}", 1.0),
+        ("cairn_replication_up{database=\"app\"}", 1.0),
+        ("cairn_replication_lag_seconds{database=\"app\"}", 0.0),
+        (
+            "cairn_replication_last_shipped_timestamp_seconds{database=\"app\"}",
+            1.0,
+        ),
+    ] {
+        assert!(sample(&m, k).is_some_and(|v| v >= min), "{k}:\n{m}");
+    }
+    assert!(
+        sample(&m, "cairn_replication_lag_seconds{database=\"app\"}").unwrap() < 5.0,
+        "{m}"
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(repl_hooks("failure").len(), 1);
+    assert_eq!(repl_hooks("success").len(), 1);
+    let mails = smtp.messages();
+    let subjects: Vec<&String> = mails
+        .iter()
+        .filter(|m| m.contains("replication of app"))
+        .collect();
+    assert_eq!(subjects.len(), 2, "{mails:?}");
+    assert!(
+        mails
+            .iter()
+            .any(|m| m.contains("Subject: cairn: replication of app FAILED")),
+        "{mails:?}"
+    );
+    assert!(
+        mails
+            .iter()
+            .any(|m| m.contains("Subject: cairn: replication of app recovered")),
+        "{mails:?}"
+    );
+    d.signal(libc::SIGTERM);
+    assert_eq!(d.wait(Duration::from_secs(60)), 0, "{}", d.log());
+    s.run(&["restore", "replica", "-o", "r.db"]).ok();
+    assert_eq!(count_rows(&s.path("r.db")), 80);
+}
+
+#[test]
+fn a_directories_entry_replicates_databases_as_they_come_and_go() {
+    let s = Scratch::new();
+    std::fs::create_dir(s.path("dbs")).unwrap();
+    s.make_db("dbs/a.db", 10);
+    write_config(
+        &s,
+        "[daemon]\nstate_dir = \"state\"\n\n[[directories]]\nname = \"tenants\"\ndir = \"dbs\"\npattern = \"*.db\"\ndestinations = [\"replica\"]\nscan_interval = \"200ms\"\ninterval = \"20ms\"\n",
+    );
+    s.run(&["config", "check", "-c", "cairn.toml"]).ok();
+    let mut d = Daemon::start(&s, &[]);
+    wait_for("a.db replicated", Duration::from_secs(60), || {
+        generation_dbs(&s, "replica").contains(&"a.db".to_string())
+    });
+    let b = s.make_db("dbs/b.db", 12);
+    wait_for("b.db picked up", Duration::from_secs(60), || {
+        generation_dbs(&s, "replica").contains(&"b.db".to_string())
+    });
+    let c = rusqlite::Connection::open(&b).unwrap();
+    insert_rows(&c, 100, 5);
+    drop(c);
+    std::thread::sleep(Duration::from_millis(300));
+    for f in ["a.db", "a.db-wal", "a.db-shm"] {
+        let _ = std::fs::remove_file(s.path(&format!("dbs/{f}")));
+    }
+    wait_for("a.db's replicator stopped", Duration::from_secs(30), || {
+        d.log().contains("its database is gone from the directory")
+    });
+    d.signal(libc::SIGTERM);
+    assert_eq!(d.wait(Duration::from_secs(60)), 0, "{}", d.log());
+    let log = d.log();
+    assert!(log.contains("tenants/b.db"), "{log}");
+    s.run(&["restore", "replica", "--db", "b.db", "-o", "rb.db"])
+        .ok();
+    assert_eq!(count_rows(&s.path("rb.db")), 17);
+    s.run(&["restore", "replica", "--db", "a.db", "-o", "ra.db"])
+        .ok();
+    assert_eq!(count_rows(&s.path("ra.db")), 10);
+}

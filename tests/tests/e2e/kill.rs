@@ -426,3 +426,212 @@ fn sigkill_at_random_moments_never_breaks_a_destination() {
         );
     }
 }
+
+/// The newest state of a replica restored: a prefix of the writer's
+/// commits with their content, passing integrity_check; the problems found.
+fn check_replica(setup: &Setup, dest: &str, commits: &[writer::Commit]) -> Vec<String> {
+    let mut bad = Vec::new();
+    for args in [
+        vec!["list", dest, "--json"],
+        vec!["list", dest, "--generations", "--json"],
+        vec!["list", dest, "--segments", "--json"],
+    ] {
+        let r = setup.run(&args);
+        if r.code != 0 {
+            bad.push(format!("{} failed: {}", args.join(" "), r.stderr.trim()));
+        }
+    }
+    let out = setup.s.path("check-rep.db");
+    let _ = std::fs::remove_file(&out);
+    let r = setup.run(&["restore", dest, "-o", "check-rep.db", "-q"]);
+    if r.code != 0 {
+        bad.push(format!("restore of {dest} failed: {}", r.stderr.trim()));
+        return bad;
+    }
+    if !integrity_ok(&out) {
+        bad.push(format!("the restore of {dest} fails integrity_check"));
+    }
+    match writer::last_commit(&out) {
+        Err(e) => bad.push(e),
+        Ok(0) => {}
+        Ok(k) => {
+            let fp = rusqlite::Connection::open(&out)
+                .ok()
+                .and_then(|c| writer::fingerprint(&c).ok());
+            match commits.get(k as usize - 1) {
+                None => bad.push(format!("restored commit {k}, never committed")),
+                Some(c) if fp.as_deref() != Some(c.fingerprint.as_str()) => {
+                    bad.push(format!("restored commit {k} with other content: {fp:?}"))
+                }
+                Some(_) => {}
+            }
+        }
+    }
+    bad
+}
+
+/// Every segment a reader can find in a local replica is a whole gzip
+/// container (an unencrypted segment is one, FORMAT §13.3).
+fn partial_segments(dir: &Path) -> Vec<String> {
+    let mut bad = Vec::new();
+    let mut stack = vec![dir.join("generations")];
+    while let Some(d) = stack.pop() {
+        let Ok(rd) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in rd.flatten() {
+            let p = e.path();
+            let name = e.file_name().to_string_lossy().into_owned();
+            if p.is_dir() {
+                stack.push(p);
+            } else if name.ends_with(".seg.gz") && !name.starts_with('.') {
+                let ok = std::process::Command::new("gzip")
+                    .arg("-t")
+                    .arg(&p)
+                    .stderr(Stdio::null())
+                    .status()
+                    .is_ok_and(|s| s.success());
+                if !ok {
+                    bad.push(format!("{} is not a whole segment", p.display()));
+                }
+            }
+        }
+    }
+    bad
+}
+
+/// The kill table's replication rows: `cairn replicate` SIGKILLed at a
+/// random moment while an application commits; after each kill the replica
+/// lists and restores a prefix of the commits, every segment a reader can
+/// find is whole, and the next run takes over, starts its generation, stops
+/// cleanly and leaves no temp file of the killed one.
+#[test]
+fn sigkill_during_replication_never_breaks_a_replica() {
+    let s3 = S3Server::s3s_fs();
+    if s3.is_none() && !servers::ci() {
+        eprintln!("skipping the S3 row: s3s-fs is not installed");
+    }
+    let s = Scratch::new();
+    let db = s.path("app.db");
+    writer::create(&db);
+    let env = s3.as_ref().map(|v| v.env()).unwrap_or_default();
+    let setup = Setup { s, env, rows: 0 };
+    let seed = seed();
+    let mut rng = Rng(seed);
+    let w = writer::Writer::start(
+        &db,
+        writer::WriterOptions {
+            seed,
+            max_blob: 256 << 10,
+            ..Default::default()
+        },
+    );
+    let mut dests: Vec<(&str, String, Option<std::path::PathBuf>)> =
+        vec![("replicate (local)", "rep".into(), Some(setup.s.path("rep")))];
+    if let Some(srv) = &s3 {
+        dests.push(("replicate (S3)", srv.url("krep"), None));
+    }
+    let generations = |dest: &str| -> usize {
+        let r = setup.run(&["list", dest, "--generations", "--json"]);
+        serde_json::from_str::<serde_json::Value>(&r.stdout)
+            .ok()
+            .and_then(|v| v.as_array().map(Vec::len))
+            .unwrap_or(0)
+    };
+    let replicate = |dest: &str| {
+        setup
+            .cmd(&["replicate", "app.db", dest, "--interval", "20ms"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start cairn replicate")
+    };
+    // One clean run that ends once its generation is listed: Err(why) if not.
+    let clean_run = |dest: &str| -> Result<(), String> {
+        let n = generations(dest);
+        let child = replicate(dest);
+        let t0 = Instant::now();
+        while generations(dest) <= n {
+            if t0.elapsed() > Duration::from_secs(60) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(30));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        // SAFETY: signalling our own child by its pid.
+        unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+        let out = child.wait_with_output().unwrap();
+        if out.status.success() && generations(dest) > n {
+            Ok(())
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).trim().to_string())
+        }
+    };
+    let mut results = Vec::new();
+    for (name, dest, local) in &dests {
+        clean_run(dest).expect("the first replication run");
+        let mut row = Row::default();
+        for i in 0..runs() {
+            row.runs += 1;
+            let mut child = replicate(dest);
+            let after = rng.delay(Duration::from_millis(2500));
+            let t = Instant::now();
+            while t.elapsed() < after && child.try_wait().unwrap().is_none() {
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            if child.try_wait().unwrap().is_none() {
+                row.kills += 1;
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+            let commits = w.commits();
+            let mut bad = check_replica(&setup, dest, &commits);
+            if let Some(dir) = local {
+                bad.extend(partial_segments(dir));
+            }
+            if let Err(e) = clean_run(dest) {
+                bad.push(format!("the next run failed: {e}"));
+            }
+            if let Some(dir) = local {
+                let left = temps(dir);
+                if !left.is_empty() {
+                    bad.push(format!("temp files left after the next run: {left:?}"));
+                }
+            }
+            if bad.is_empty() {
+                row.held += 1;
+            } else {
+                row.broke.push(format!("run {i}: {}", bad.join("; ")));
+            }
+        }
+        results.push((name.to_string(), row));
+    }
+    let (commits, _) = w.stop();
+    eprintln!(
+        "replication kill table ({} commits by the writer):",
+        commits.len()
+    );
+    eprintln!("| operation | runs | kills | held | broke |");
+    eprintln!("|---|---|---|---|---|");
+    for (name, r) in &results {
+        eprintln!(
+            "| {name} | {} | {} | {} | {} |",
+            r.runs,
+            r.kills,
+            r.held,
+            r.broke.len()
+        );
+    }
+    let broke: Vec<String> = results
+        .iter()
+        .flat_map(|(n, r)| r.broke.iter().map(move |b| format!("{n}: {b}")))
+        .collect();
+    assert!(
+        broke.is_empty(),
+        "kills broke something:\n{}",
+        broke.join("\n")
+    );
+    for (name, r) in &results {
+        assert!(r.kills > 0, "{name}: none of {} kills landed", r.runs);
+    }
+}

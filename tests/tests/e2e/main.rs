@@ -19,6 +19,8 @@ mod proxy_selftest;
 mod remote;
 mod replica_check;
 mod replicate;
+mod replicate_dir;
+mod replicate_torture;
 mod sandbox;
 mod servers_selftest;
 mod spec;

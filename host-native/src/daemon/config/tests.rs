@@ -367,3 +367,67 @@ fn codec_defaults_by_encryption_and_levels_follow_the_codec() {
         "databases[0].level: 12 is out of range for gzip",
     );
 }
+
+#[test]
+fn replication_settings_and_directories() {
+    let d = tempfile::tempdir().unwrap();
+    let text = r#"
+[notifications.hook]
+type = "webhook"
+url = "https://hooks.example.com/x"
+
+[[databases]]
+name = "app"
+source = "app.db"
+destinations = ["backups"]
+schedule = { every = "24h" }
+replicate = true
+interval = "20ms"
+wal_limit = "8MiB"
+
+[[directories]]
+name = "tenants"
+dir = "dbs"
+destinations = ["replica"]
+scan_interval = "5s"
+snapshot_interval = "1h"
+"#;
+    let c = parse_in(d.path(), text).unwrap();
+    let t = &c.databases[0].tuning;
+    assert_eq!(t.interval, Some(Duration::from_millis(20)));
+    assert_eq!(t.wal_limit, Some(8 << 20));
+    assert_eq!(t.snapshot_interval, None);
+    let dir = &c.directories[0];
+    assert_eq!(dir.dir, d.path().join("dbs"));
+    assert_eq!(dir.pattern, "*.db");
+    assert_eq!(dir.scan_interval, Duration::from_secs(5));
+    assert_eq!(dir.notify, ["hook"]);
+    assert_eq!(
+        dir.tuning.snapshot_interval,
+        Some(Duration::from_secs(3600))
+    );
+    // Directories alone are a configuration.
+    parse_in(
+        d.path(),
+        "[[directories]]\nname = \"t\"\ndir = \"dbs\"\ndestinations = [\"r\"]\n",
+    )
+    .unwrap();
+
+    let p = problems(
+        "[[databases]]\nname = \"app\"\nsource = \"app.db\"\ndestinations = [\"b\"]\nschedule = { every = \"1h\" }\ninterval = \"1s\"\n\n[[directories]]\nname = \"app\"\ndestinations = [\"r\"]\npattern = \"a/*.db\"\nwal_limit = \"lots\"\nlease_ttl = \"1s\"\nlevel = 12\nbogus = 1\n",
+    );
+    has(
+        &p,
+        "databases[0].interval: replication settings (interval) apply with replicate = true only",
+    );
+    has(&p, "directories[0].dir: missing");
+    has(&p, "directories[0].pattern:");
+    has(&p, "directories[0].wal_limit:");
+    has(&p, "directories[0].lease_ttl: must be at least 2s");
+    has(&p, "directories[0].level:");
+    has(&p, "directories[0].bogus: unknown key");
+    let p = problems(
+        "[[databases]]\nname = \"app\"\nsource = \"app.db\"\ndestinations = [\"b\"]\nschedule = { every = \"1h\" }\n\n[[directories]]\nname = \"app\"\ndir = \"d\"\ndestinations = [\"r\"]\n",
+    );
+    has(&p, "directories[0].name: \"app\" is already the name");
+}
