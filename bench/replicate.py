@@ -5,6 +5,7 @@ local directory, in one run on one machine.
 usage: bench/replicate.py [--cairn BIN] [--litestream BIN] [--rate 200]
                           [--commits 2000] [--idle 60] [--throughput-seconds 5]
                           [--only cairn|litestream] [--json OUT]
+                          [--cairn-arg=--codec --cairn-arg=zstd ...]
 
 For each tool, with its DEFAULT settings (cairn replicate DB DIR; Litestream
 with a config naming only the database and a file replica):
@@ -58,6 +59,8 @@ def args():
     ap.add_argument("--throughput-seconds", type=float, default=5)
     ap.add_argument("--only", choices=["cairn", "litestream"])
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--cairn-arg", action="append", default=[],
+                    help="an extra argument for `cairn replicate` (repeat; e.g. --cairn-arg=--codec --cairn-arg=zstd)")
     return ap.parse_args()
 
 
@@ -121,9 +124,11 @@ class Cairn:
 
     def __init__(self, a):
         self.bin = a.cairn
+        self.extra = a.cairn_arg
 
     def start(self, db, dest, work):
-        return subprocess.Popen([self.bin, "replicate", db, dest], stderr=open(os.path.join(work, "cairn.log"), "w"))
+        return subprocess.Popen([self.bin, "replicate", db, dest, *self.extra],
+                                stderr=open(os.path.join(work, "cairn.log"), "w"))
 
     def ready(self, dest):
         r = subprocess.run([self.bin, "list", dest, "--generations", "--json"], capture_output=True, text=True)

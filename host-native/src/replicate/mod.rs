@@ -8,6 +8,7 @@
 //! the reading side; [`embed`] and [`config`] run a replicator inside an
 //! application's own tokio runtime; [`status`] is what a running one reports.
 
+pub mod compact;
 pub mod config;
 pub mod embed;
 pub mod generation;
@@ -61,9 +62,22 @@ pub struct ReplicateArgs {
     /// Restart the WAL (checkpoint RESTART) once it is this large.
     #[arg(long, default_value = "64MiB", value_parser = parse_bytes)]
     pub wal_limit: u64,
-    /// Compression level, 0 (store) to 9.
-    #[arg(long, default_value_t = 6)]
-    pub level: u8,
+    /// Segment and snapshot codec [default: gzip, or zstd when encrypting].
+    #[arg(long, value_enum)]
+    pub codec: Option<backup::Codec>,
+    /// Compression level: gzip 0 (store) to 9, default 6; zstd 1 to 19,
+    /// default 3.
+    #[arg(long)]
+    pub level: Option<u8>,
+    /// Compaction levels: level 1 merges level-0 segments every 30 s, level
+    /// 2 level 1 hourly, level 3 level 2 daily (docs/FORMAT.md §13.9), so a
+    /// restore reads few objects; `off` for none.
+    #[arg(long, value_name = "INTERVALS", default_value = "30s,1h,24h")]
+    pub compact: String,
+    /// How long a level-0 segment stays once a merged one covers it (restore
+    /// points between merged segments' ends are kept that long).
+    #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+    pub keep_compacted: Duration,
     /// Directory for the snapshots' temporary copies [default: the system temp dir].
     #[arg(long, value_name = "DIR")]
     pub temp_dir: Option<PathBuf>,
@@ -100,6 +114,8 @@ pub struct ReplicateOptions {
     pub lease_ttl: Duration,
     pub wal_limit: u64,
     pub temp_dir: PathBuf,
+    /// Compaction into levels (§13.9); `None`: off.
+    pub compaction: Option<cairn_core::compact::Policy>,
     /// Where its messages go: stderr for the CLI, `tracing` events when it
     /// runs inside an application or the daemon.
     pub log: LogTo,
@@ -116,6 +132,7 @@ pub struct Report {
     pub segment_bytes: u64,
     pub segment_requests: u64,
     pub checkpoints: u64,
+    pub compaction: compact::CompactStats,
     pub seconds: f64,
 }
 
@@ -193,6 +210,7 @@ fn run_inner(dests: &[Dest], opts: &ReplicateOptions, stop: &AtomicBool) -> Resu
             next_txid = next_txid.max(generation::last_txid(d, g)? + 1);
         }
     }
+    let sealing = encryption.clone();
     let mut r = Replicator {
         opts,
         dests,
@@ -215,7 +233,9 @@ fn run_inner(dests: &[Dest], opts: &ReplicateOptions, stop: &AtomicBool) -> Resu
         report: Report::default(),
         last_restart: None,
     };
-    let res = r.main_loop(stop);
+    let name = r.db_name.clone();
+    let (res, compacted) = compact::alongside(dests, opts, &name, sealing, || r.main_loop(stop));
+    r.report.compaction = compacted;
     // Whatever happened, give the leases up so a restart need not wait.
     for (l, d) in r.leases.drain(..).zip(dests) {
         let _ = l.release(d);
@@ -455,15 +475,22 @@ impl Replicator<'_> {
 
 /// `cairn replicate DB DEST…`
 pub fn cli(a: ReplicateArgs, rt: &tokio::runtime::Runtime) -> Result<()> {
+    let key = a.key.load()?;
     let opts = ReplicateOptions {
         db: a.db,
-        key: a.key.load()?,
-        compression: backup::check_level(a.level)?,
+        compression: backup::choose_compression(
+            a.codec,
+            a.level,
+            !matches!(key, KeyMaterial::None),
+        )?,
+        key,
         interval: a.interval.max(Duration::from_millis(1)),
         snapshot_interval: a.snapshot_interval,
         lease_ttl: a.lease_ttl,
         wal_limit: a.wal_limit,
         temp_dir: a.temp_dir.unwrap_or_else(std::env::temp_dir),
+        compaction: compact::parse_policy(&a.compact, a.keep_compacted)
+            .map_err(|e| anyhow!("--compact: {e:#}"))?,
         log: LogTo::Stderr,
         status: Default::default(),
     };

@@ -18,6 +18,7 @@ mod postgres;
 mod proxy_selftest;
 mod remote;
 mod replicate;
+mod replicate_levels;
 mod sandbox;
 mod servers_selftest;
 mod spec;
