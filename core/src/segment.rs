@@ -521,10 +521,7 @@ pub fn route(listed: &[SegmentInfoLite], from: u64, bound: Option<u64>) -> Vec<u
     let mut best: BTreeMap<u64, (usize, i64, Option<usize>)> = BTreeMap::new();
     best.insert(from, (0, 0, None));
     let mut at = from;
-    loop {
-        let Some((&pos, &(n, lv, _))) = best.range(at..).next() else {
-            break;
-        };
+    while let Some((&pos, &(n, lv, _))) = best.range(at..).next() {
         let Some(after) = pos.checked_add(1) else {
             break;
         };

@@ -152,7 +152,7 @@ pub fn run(dest: &Dest, opts: &PruneOptions) -> Result<PruneReport> {
     // A removed generation's "object" names its directory: every segment
     // listed under it goes (listed again while the removal is remembered,
     // so a prune that crashed after its commit has them deleted by the next).
-    let (gens, doomed): (Vec<(&str, bool)>, Vec<(&str, bool)>) = doomed
+    let (gens, doomed): (Vec<_>, Vec<_>) = doomed
         .into_iter()
         .partition(|(k, _)| generation_of_object(k).is_some());
     for (k, _) in &gens {

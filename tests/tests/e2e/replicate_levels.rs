@@ -78,11 +78,20 @@ fn segments(s: &Scratch, dest: &str, env: &Env) -> Vec<Value> {
         .unwrap()
 }
 
+/// The generations listed; none while the destination is still empty.
 fn generations(s: &Scratch, dest: &str, env: &Env) -> Vec<Value> {
-    json(s, &["list", dest, "--generations", "--json"], env)
-        .as_array()
-        .cloned()
-        .unwrap()
+    let out = s
+        .cmd(&["list", dest, "--generations", "--json"])
+        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .output()
+        .unwrap();
+    if !out.status.success() {
+        return Vec::new();
+    }
+    serde_json::from_slice::<Value>(&out.stdout)
+        .ok()
+        .and_then(|v| v.as_array().cloned())
+        .unwrap_or_default()
 }
 
 fn num(v: &Value, k: &str) -> u64 {
