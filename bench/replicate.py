@@ -5,6 +5,7 @@ local directory and into a local S3 server, in one run on one machine.
 usage: bench/replicate.py [--cairn BIN] [--litestream BIN] [--rate 200]
                           [--commits 2000] [--idle 60] [--throughput-seconds 5]
                           [--dest file,s3] [--only cairn|litestream] [--json OUT]
+                          [--cairn-arg=--codec --cairn-arg=zstd ...]
 
 For each destination (`file`: a directory; `s3`: s3s-fs on 127.0.0.1, the
 server bench/run.sh uses, installed by .ci/setup.sh) and each tool, with its
@@ -64,6 +65,8 @@ def args():
                     help="comma-separated destinations to run: file (a directory), s3 (local s3s-fs)")
     ap.add_argument("--only", choices=["cairn", "litestream"])
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--cairn-arg", action="append", default=[],
+                    help="an extra argument for `cairn replicate` (repeat; e.g. --cairn-arg=--codec --cairn-arg=zstd)")
     return ap.parse_args()
 
 
@@ -129,9 +132,10 @@ class Cairn:
 
     def __init__(self, a):
         self.bin = a.cairn
+        self.extra = a.cairn_arg
 
     def start(self, db, dest, work):
-        return subprocess.Popen([self.bin, "replicate", db, dest.cairn], env=dest.env,
+        return subprocess.Popen([self.bin, "replicate", db, dest.cairn, *self.extra], env=dest.env,
                                 stderr=open(os.path.join(work, "cairn.log"), "w"))
 
     def ready(self, dest):

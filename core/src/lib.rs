@@ -7,6 +7,7 @@
 
 pub mod catalog;
 pub mod chunk;
+pub mod compact;
 pub mod decoder;
 pub mod encoder;
 pub mod envelope;

@@ -48,8 +48,8 @@ pub fn segments_prefix(generation: &str) -> String {
     format!("{GENERATIONS_PREFIX}{generation}/segments/")
 }
 
-/// `generations/<gen>/segments/<level 2 digits>/<min 16 hex>-<max 16 hex>.seg.{gz,cairn}`:
-/// within a level, keys sort by transaction id.
+/// `generations/<gen>/segments/<level 2 digits>/<min 16 hex>-<max 16 hex>.seg.{gz,cairn}`
+/// for a deflate segment: within a level, keys sort by transaction id.
 pub fn segment_key(
     generation: &str,
     level: u8,
@@ -57,7 +57,34 @@ pub fn segment_key(
     max_txid: u64,
     encrypted: bool,
 ) -> String {
-    let ext = if encrypted { "cairn" } else { "gz" };
+    segment_key_ext(
+        generation,
+        level,
+        min_txid,
+        max_txid,
+        segment_ext(encrypted, Compression::Deflate { level: 6 }),
+    )
+}
+
+/// A segment object's extension: `cairn` when encrypted (whatever the
+/// codec), else `zst` for zstd and `gz` for deflate, so that an
+/// unencrypted segment opens with `zstd -d` or `gunzip` (§13.2).
+pub fn segment_ext(encrypted: bool, compression: Compression) -> &'static str {
+    match (encrypted, compression) {
+        (true, _) => "cairn",
+        (false, Compression::Zstd { .. }) => "zst",
+        (false, _) => "gz",
+    }
+}
+
+/// [`segment_key`] with the extension given ([`segment_ext`]).
+pub fn segment_key_ext(
+    generation: &str,
+    level: u8,
+    min_txid: u64,
+    max_txid: u64,
+    ext: &str,
+) -> String {
     format!(
         "{}{level:02}/{min_txid:016x}-{max_txid:016x}.seg.{ext}",
         segments_prefix(generation)
@@ -78,6 +105,7 @@ pub fn parse_segment_key(key: &str) -> Option<(String, u8, u64, u64)> {
     }
     let range = name
         .strip_suffix(".seg.gz")
+        .or_else(|| name.strip_suffix(".seg.zst"))
         .or_else(|| name.strip_suffix(".seg.cairn"))?;
     let (lo, hi) = range.split_once('-')?;
     let hex16 = |s: &str| {
@@ -439,42 +467,92 @@ fn check_next(generation: &str, next: u64, i: &SegmentInfo) -> Result<()> {
 }
 
 /// Which segments of a generation, listed by key, to apply to reach the
-/// newest point at or before `target` (a txid or a time): at each txid the
-/// highest level segment starting there (fewest objects), then on from its
-/// end. Returns the chosen keys in order, or an error naming the first gap.
+/// newest point at or before `target` (a txid or a time): the furthest
+/// segment end reachable from `first_txid` through segments that follow one
+/// another without a gap, by the fewest objects ([`route`]). Returns the
+/// chosen keys in order, or an error when no segment starts at `first_txid`.
 /// A generation must apply at least its first segment (its snapshot sits
-/// inside that segment's range, §13.4).
+/// inside that segment's range, §13.4). With [`Stop::Time`] the route goes
+/// as far as the segments do; the host cuts it once a segment's time (known
+/// only when it is opened) passes the target, and plans again ([`route`]
+/// with a txid bound) from there.
 pub fn plan(
     generation: &str,
     first_txid: u64,
     listed: &[(String, SegmentInfoLite)],
     stop: Stop,
 ) -> Result<Vec<String>> {
-    let mut by_start: BTreeMap<u64, Vec<&(String, SegmentInfoLite)>> = BTreeMap::new();
-    for l in listed {
-        by_start.entry(l.1.min_txid).or_default().push(l);
-    }
-    let mut out = Vec::new();
-    let mut next = first_txid;
-    while let Some(cands) = by_start.get(&next) {
-        // Highest level first; one that overshoots a txid target is skipped
-        // in favour of finer ones.
-        let mut cands = cands.clone();
-        cands.sort_by_key(|c| std::cmp::Reverse((c.1.level, c.1.max_txid)));
-        let pick = cands.iter().find(|c| match stop {
-            Stop::Txid(t) => c.1.max_txid <= t,
-            Stop::Newest | Stop::Time(_) => true,
-        });
-        let Some(pick) = pick else { break };
-        out.push(pick.0.clone());
-        next = pick.1.max_txid + 1;
-    }
+    let lite: Vec<SegmentInfoLite> = listed.iter().map(|l| l.1).collect();
+    let bound = match stop {
+        Stop::Txid(t) => Some(t),
+        Stop::Newest | Stop::Time(_) => None,
+    };
+    let out: Vec<String> = route(&lite, first_txid, bound)
+        .into_iter()
+        .map(|i| listed[i].0.clone())
+        .collect();
     if out.is_empty() {
         return Err(Error::Catalog(format!(
             "generation {generation} has no segment starting at transaction {first_txid}: it cannot be restored"
         )));
     }
     Ok(out)
+}
+
+/// The segments (indexes into `listed`) to apply from transaction `from`
+/// to reach the furthest segment end at or before `bound` (no bound: the
+/// furthest there is): each starts where the previous one ends; of routes
+/// that reach equally far, the one with the fewest segments, then the one
+/// using higher levels. Empty when no segment that fits starts at `from`.
+///
+/// Compaction (§13.9) leaves merged segments beside the ones they cover,
+/// and two compactors racing can leave overlapping ones at one level, so
+/// the segments form a graph over transaction ids, not a list: this is a
+/// shortest path in it, in txid order (every edge goes forward).
+pub fn route(listed: &[SegmentInfoLite], from: u64, bound: Option<u64>) -> Vec<usize> {
+    let bound = bound.unwrap_or(u64::MAX);
+    let mut by_start: BTreeMap<u64, Vec<usize>> = BTreeMap::new();
+    for (i, l) in listed.iter().enumerate() {
+        if l.min_txid >= from && l.max_txid <= bound && l.min_txid <= l.max_txid {
+            by_start.entry(l.min_txid).or_default().push(i);
+        }
+    }
+    // best[next txid] = (segments used, -(sum of levels), the segment that got there)
+    let mut best: BTreeMap<u64, (usize, i64, Option<usize>)> = BTreeMap::new();
+    best.insert(from, (0, 0, None));
+    let mut at = from;
+    while let Some((&pos, &(n, lv, _))) = best.range(at..).next() {
+        let Some(after) = pos.checked_add(1) else {
+            break;
+        };
+        at = after;
+        let Some(cands) = by_start.get(&pos) else {
+            continue;
+        };
+        for &i in cands {
+            let l = listed[i];
+            let Some(next) = l.max_txid.checked_add(1) else {
+                continue;
+            };
+            let cand = (n + 1, lv - i64::from(l.level), Some(i));
+            let better = match best.get(&next) {
+                None => true,
+                Some(old) => (cand.0, cand.1, cand.2) < (old.0, old.1, old.2),
+            };
+            if better {
+                best.insert(next, cand);
+            }
+        }
+    }
+    let (&end, _) = best.iter().next_back().expect("from is in it");
+    let mut out = Vec::new();
+    let mut pos = end;
+    while let Some((_, _, Some(i))) = best.get(&pos) {
+        out.push(*i);
+        pos = listed[*i].min_txid;
+    }
+    out.reverse();
+    out
 }
 
 /// What a segment's key tells, enough to plan a restore by txid.
@@ -624,13 +702,31 @@ mod tests {
         .unwrap();
         assert_eq!((seg.info.min_txid, seg.info.max_txid), (5, 6));
         assert_eq!(seg.pages[&3], vec![9; 512]);
-        for key in [None, Some([5u8; 32])] {
-            let bytes = seg.build(params(key)).unwrap();
-            let name = segment_key(GEN, 0, 5, 6, key.is_some());
+        for (key, comp) in [None, Some([5u8; 32])].into_iter().flat_map(|k| {
+            [
+                (k, Compression::Deflate { level: 6 }),
+                (k, Compression::Zstd { level: 3 }),
+            ]
+        }) {
+            let mut p = params(key);
+            p.compression = comp;
+            let bytes = seg.build(p).unwrap();
+            let ext = segment_ext(key.is_some(), comp);
+            let name = segment_key_ext(GEN, 0, 5, 6, ext);
+            assert_eq!(parse_segment_key(&name), Some((GEN.into(), 0, 5, 6)));
+            if key.is_none() {
+                // The unencrypted containers are what `gunzip` / `zstd -d` read.
+                let magic: &[u8] = if comp.is_zstd() {
+                    &[0x5c, 0x2a, 0x4d, 0x18]
+                } else {
+                    &[0x1f, 0x8b]
+                };
+                assert!(bytes.starts_with(magic), "{ext}");
+            }
             let mat = key.map_or(KeyMaterial::None, |k| KeyMaterial::Key(MasterKey(k)));
             assert_eq!(Segment::open(&bytes, &name, &mat).unwrap(), seg);
             // Under another name: refused.
-            let e = Segment::open(&bytes, &segment_key(GEN, 0, 5, 7, key.is_some()), &mat)
+            let e = Segment::open(&bytes, &segment_key_ext(GEN, 0, 5, 7, ext), &mat)
                 .unwrap_err()
                 .to_string();
             assert!(e.contains("not what its name says"), "{e}");

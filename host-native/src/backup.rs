@@ -316,6 +316,7 @@ pub fn run_seeded(dests: &[Dest], opts: &BackupOptions, seeds: Seeds) -> Result<
                         policy: policy.clone(),
                         dry_run: false,
                         now_ms: None,
+                        keep_compacted_ms: crate::prune::DEFAULT_KEEP_COMPACTED_MS,
                     },
                 );
                 match p {

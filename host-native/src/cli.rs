@@ -408,6 +408,10 @@ pub struct PruneArgs {
     /// Print the plan, delete nothing.
     #[arg(long, short = 'n')]
     pub dry_run: bool,
+    /// Replicas: how long a level-0 segment stays once a merged one covers
+    /// it (as `cairn replicate --keep-compacted`).
+    #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+    pub keep_compacted: std::time::Duration,
     /// Print a JSON report on stdout.
     #[arg(long)]
     pub json: bool,

@@ -9,6 +9,11 @@
 //!
 //! A prune only removes backups it saw in the catalog, so a backup that
 //! commits while a prune runs is never deleted by it.
+//!
+//! Replicas (docs/FORMAT.md §13.10): generations are ranked with the
+//! backups at their newest restore point; a removed generation's segments
+//! are deleted after the commit that removes it, and a kept one's covered
+//! level-0 segments past their grace.
 
 use anyhow::{Context, Result, bail};
 use cairn_core::catalog::SNAPSHOT_PREFIX;
@@ -16,8 +21,10 @@ use cairn_core::layout::{GroupPlan, Removal};
 use cairn_core::retention::Policy;
 use serde::Serialize;
 
+use crate::replicate::generation::list_segments;
 use crate::repo;
 use crate::storage::{Dest, now_ms};
+use cairn_core::segment::{GENERATIONS_PREFIX, is_generation_id, segments_prefix};
 
 /// How old an archive no entry names must be before a prune deletes it:
 /// longer than any backup takes between its upload and its commit.
@@ -31,7 +38,13 @@ pub struct PruneOptions {
     pub dry_run: bool,
     /// The time the policy is applied at (tests); default now.
     pub now_ms: Option<i64>,
+    /// How long a level-0 segment stays once a merged one covers it
+    /// (as `cairn replicate --keep-compacted`).
+    pub keep_compacted_ms: i64,
 }
+
+/// `cairn replicate --keep-compacted`'s default.
+pub const DEFAULT_KEEP_COMPACTED_MS: i64 = cairn_core::compact::DEFAULT_KEEP_L0_MS;
 
 #[derive(Debug, Serialize)]
 pub struct PruneReport {
@@ -51,6 +64,8 @@ pub struct PruneReport {
     /// before its deletes); usually of objects already gone.
     pub retried_deletes: usize,
     pub orphans_deleted: usize,
+    /// Segments deleted: of removed generations, and covered level-0 ones.
+    pub segments_deleted: u64,
     pub temps_swept: usize,
     pub warnings: Vec<String>,
 }
@@ -65,7 +80,16 @@ pub fn run(dest: &Dest, opts: &PruneOptions) -> Result<PruneReport> {
             dest.describe("")
         );
     }
-    let plan = loaded.state.retention(&opts.policy, now);
+    // Each generation's newest restore point: the store's time of its
+    // newest segment (one listing per generation).
+    let mut ends = std::collections::BTreeMap::new();
+    for g in loaded.state.generations() {
+        let segs = list_segments(dest, g.id)?;
+        if let Some(t) = segs.iter().filter_map(|s| s.modified_ms).max() {
+            ends.insert(g.id.to_string(), t);
+        }
+    }
+    let plan = loaded.state.retention_with(&opts.policy, now, &ends);
     let mut removals = Vec::new();
     let mut kept = 0;
     for g in &plan {
@@ -76,6 +100,12 @@ pub fn run(dest: &Dest, opts: &PruneOptions) -> Result<PruneReport> {
                 removals.push(Removal {
                     id: e.id.clone(),
                     object: e.object.clone(),
+                    reason: d.reasons.join("; "),
+                });
+            } else if loaded.state.others.contains_key(&d.id) && is_generation_id(&d.id) {
+                removals.push(Removal {
+                    id: d.id.clone(),
+                    object: generation_object(&d.id),
                     reason: d.reasons.join("; "),
                 });
             }
@@ -92,6 +122,7 @@ pub fn run(dest: &Dest, opts: &PruneOptions) -> Result<PruneReport> {
         deleted_objects: 0,
         retried_deletes: 0,
         orphans_deleted: 0,
+        segments_deleted: 0,
         temps_swept: 0,
         warnings: loaded.state.warnings.clone(),
     };
@@ -118,6 +149,16 @@ pub fn run(dest: &Dest, opts: &PruneOptions) -> Result<PruneReport> {
         .collect();
     doomed.sort();
     doomed.dedup_by(|a, b| a.0 == b.0);
+    // A removed generation's "object" names its directory: every segment
+    // listed under it goes (listed again while the removal is remembered,
+    // so a prune that crashed after its commit has them deleted by the next).
+    let (gens, doomed): (Vec<_>, Vec<_>) = doomed
+        .into_iter()
+        .partition(|(k, _)| generation_of_object(k).is_some());
+    for (k, _) in &gens {
+        let g = generation_of_object(k).expect("partitioned on it");
+        report.segments_deleted += delete_generation(dest, g)?;
+    }
     let keys: Vec<String> = doomed.iter().map(|(k, _)| k.to_string()).collect();
     dest.delete(&keys).with_context(|| {
         format!(
@@ -127,6 +168,16 @@ pub fn run(dest: &Dest, opts: &PruneOptions) -> Result<PruneReport> {
     })?;
     report.deleted_objects = doomed.iter().filter(|d| d.1).count();
     report.retried_deletes = doomed.len() - report.deleted_objects;
+    // Kept generations: covered level-0 segments past their grace (what
+    // compaction deletes, for replicas no replicator runs on any more).
+    let policy = cairn_core::compact::Policy {
+        keep_covered_ms: vec![Some(opts.keep_compacted_ms.max(1))],
+        ..Default::default()
+    };
+    for g in loaded.state.generations() {
+        report.segments_deleted +=
+            crate::replicate::compact::delete_covered(dest, g.id, now, &policy)?;
+    }
 
     // Step 3: orphans. Re-read the catalog first: a backup that committed
     // since the first read names its archive there. The listing starts near
@@ -176,6 +227,7 @@ pub fn cli(a: crate::cli::PruneArgs, dest: &Dest) -> Result<()> {
             policy,
             dry_run: a.dry_run,
             now_ms: None,
+            keep_compacted_ms: a.keep_compacted.as_millis().min(i64::MAX as u128) as i64,
         },
     )?;
     if a.json {
@@ -200,6 +252,35 @@ pub fn cli(a: crate::cli::PruneArgs, dest: &Dest) -> Result<()> {
     Ok(())
 }
 
+/// The removal's object for a generation: its directory, `generations/<id>`.
+fn generation_object(id: &str) -> String {
+    format!("{GENERATIONS_PREFIX}{id}")
+}
+
+fn generation_of_object(object: &str) -> Option<&str> {
+    object
+        .strip_prefix(GENERATIONS_PREFIX)
+        .filter(|g| is_generation_id(g))
+}
+
+/// Deletes every segment of a generation, at every level.
+fn delete_generation(dest: &Dest, generation: &str) -> Result<u64> {
+    let prefix = segments_prefix(generation);
+    let mut keys = Vec::new();
+    for level in 0..=cairn_core::compact::MAX_LEVEL {
+        let p = format!("{prefix}{level:02}/");
+        keys.extend(
+            dest.list(&p, None)
+                .with_context(|| format!("cannot list {}", dest.describe(&p)))?
+                .into_iter()
+                .map(|o| o.key),
+        );
+    }
+    dest.delete(&keys)
+        .with_context(|| format!("cannot delete the segments in {}", dest.describe(&prefix)))?;
+    Ok(keys.len() as u64)
+}
+
 pub fn print_summary(r: &PruneReport) {
     for w in &r.warnings {
         eprintln!("warning: {w}");
@@ -211,13 +292,14 @@ pub fn print_summary(r: &PruneReport) {
         );
     } else {
         eprintln!(
-            "pruned {} ({}): kept {}, removed {}; deleted {} archives ({} orphaned), {} temp files",
+            "pruned {} ({}): kept {}, removed {}; deleted {} archives ({} orphaned), {} segments, {} temp files",
             r.destination,
             r.policy,
             r.kept,
             r.removed,
             r.deleted_objects,
             r.orphans_deleted,
+            r.segments_deleted,
             r.temps_swept
         );
     }

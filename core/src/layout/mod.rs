@@ -25,7 +25,7 @@ pub use commit::{Checked, Commit, INTEGRITY_CHECK, Removal};
 pub use marker::Marker;
 #[cfg(test)]
 pub(crate) use state::tests::entry as test_entry;
-pub use state::{GroupPlan, Removed, State};
+pub use state::{GenerationRef, GroupPlan, Removed, State};
 
 /// The destination marker: its presence makes a destination layout 2.
 pub const MARKER_KEY: &str = "cairn.json";

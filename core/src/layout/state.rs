@@ -12,6 +12,7 @@ use super::commit::{Checked, Commit, INTEGRITY_CHECK};
 use crate::catalog::{Entry, EntryKind};
 use crate::error::{Error, Result};
 use crate::retention::{self, Decision, Policy};
+use crate::segment::GENERATION_KIND;
 
 /// A removal still remembered: its object is deleted again by later prunes
 /// until `REMOVED_KEEP_MS` after it was committed.
@@ -218,23 +219,127 @@ impl State {
     }
 
     /// Retention, applied to each database's backups on its own (restic's
-    /// grouping by host and paths; here by database name).
+    /// grouping by host and paths; here by database name), generations
+    /// counted at their start ([`State::retention_with`] with no ends).
     pub fn retention(&self, policy: &Policy, now_ms: i64) -> Vec<GroupPlan> {
+        self.retention_with(policy, now_ms, &BTreeMap::new())
+    }
+
+    /// The replication generations (§13.5) in the state.
+    pub fn generations(&self) -> Vec<GenerationRef<'_>> {
+        self.others
+            .iter()
+            .filter(|(_, o)| o.get("kind").and_then(Value::as_str) == Some(GENERATION_KIND))
+            .filter_map(|(id, o)| {
+                Some(GenerationRef {
+                    id,
+                    db_name: o.get("db_name")?.as_str()?,
+                    snapshot: o.get("snapshot")?.as_str()?,
+                    started_at_ms: o.get("started_at_ms")?.as_i64()?,
+                })
+            })
+            .collect()
+    }
+
+    /// Retention over backups and replication generations (§13.10): per
+    /// database, the items ranked are its backups that are no generation's
+    /// snapshot, and its generations, each at its newest restore point
+    /// (`ends`, by generation id, from the host's listing; its start when
+    /// absent). A generation's snapshot is decided with it: kept while any
+    /// generation naming it is kept, removed when all are. Decisions on
+    /// generations carry the generation id; on snapshots, the backup id.
+    pub fn retention_with(
+        &self,
+        policy: &Policy,
+        now_ms: i64,
+        ends: &BTreeMap<String, i64>,
+    ) -> Vec<GroupPlan> {
+        let gens = self.generations();
+        let gen_snapshots: std::collections::BTreeSet<&str> =
+            gens.iter().map(|g| g.snapshot).collect();
         let mut groups: BTreeMap<&str, Vec<retention::Item>> = BTreeMap::new();
         for e in self.entries.values() {
+            if gen_snapshots.contains(e.id.as_str()) {
+                continue;
+            }
             groups.entry(&e.db_name).or_default().push(retention::Item {
                 id: &e.id,
                 created_at_ms: e.created_at_ms,
             });
         }
+        for g in &gens {
+            let end = ends
+                .get(g.id)
+                .copied()
+                .unwrap_or(g.started_at_ms)
+                .max(g.started_at_ms);
+            groups.entry(g.db_name).or_default().push(retention::Item {
+                id: g.id,
+                created_at_ms: end,
+            });
+        }
         groups
             .into_iter()
-            .map(|(db, items)| GroupPlan {
-                db_name: db.to_string(),
-                decisions: retention::plan(&items, policy, now_ms),
+            .map(|(db, items)| {
+                let mut decisions = retention::plan(&items, policy, now_ms);
+                // A generation whose snapshot is gone cannot be restored.
+                for d in decisions.iter_mut() {
+                    if let Some(g) = gens.iter().find(|g| g.id == d.id)
+                        && !self.entries.contains_key(g.snapshot)
+                    {
+                        d.keep = false;
+                        d.reasons = vec![format!(
+                            "its snapshot {} is gone: it cannot be restored",
+                            g.snapshot
+                        )];
+                    }
+                }
+                // Each generation snapshot of this database, decided by its
+                // generations.
+                let mut snaps: BTreeMap<&str, Vec<(&str, bool)>> = BTreeMap::new();
+                for g in gens.iter().filter(|g| g.db_name == db) {
+                    let kept = decisions.iter().any(|d| d.id == g.id && d.keep);
+                    snaps.entry(g.snapshot).or_default().push((g.id, kept));
+                }
+                for (snap, by) in snaps {
+                    let Some(e) = self.entries.get(snap) else {
+                        continue;
+                    };
+                    let keepers: Vec<&str> = by.iter().filter(|b| b.1).map(|b| b.0).collect();
+                    let reasons = if keepers.is_empty() {
+                        by.iter()
+                            .map(|b| format!("its generation {} is removed", b.0))
+                            .collect()
+                    } else {
+                        keepers
+                            .iter()
+                            .map(|g| format!("snapshot of generation {g}"))
+                            .collect()
+                    };
+                    decisions.push(retention::Decision {
+                        id: e.id.clone(),
+                        created_at_ms: e.created_at_ms,
+                        keep: !keepers.is_empty(),
+                        reasons,
+                    });
+                }
+                GroupPlan {
+                    db_name: db.to_string(),
+                    decisions,
+                }
             })
             .collect()
     }
+}
+
+/// A replication generation as retention sees it (its log entry, §13.5).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GenerationRef<'a> {
+    pub id: &'a str,
+    pub db_name: &'a str,
+    /// The id of its snapshot's entry.
+    pub snapshot: &'a str,
+    pub started_at_ms: i64,
 }
 
 #[cfg(test)]
@@ -403,6 +508,115 @@ pub(crate) mod tests {
         s.apply(&commit(3, 3, &[a2], &[])).unwrap();
         assert_eq!(s.entries["a"], a);
         assert_eq!(s.warnings.len(), 1);
+    }
+
+    fn generation(id: &str, db: &str, snapshot: &str, started: i64) -> Value {
+        serde_json::json!({
+            "id": id, "kind": "generation", "db_name": db, "snapshot": snapshot,
+            "started_at_ms": started, "first_txid": 1, "base_txid": 1,
+        })
+    }
+
+    #[test]
+    fn generations_are_ranked_at_their_end_and_carry_their_snapshots() {
+        let day = 86_400_000;
+        let mut s = State::default();
+        let mut c = commit(
+            1,
+            1,
+            &[
+                entry("s1", "app.db", day),
+                entry("s2", "app.db", 2 * day),
+                entry("plain", "app.db", 2 * day + 5),
+                entry("s3", "app.db", 3 * day),
+            ],
+            &[],
+        );
+        c.add.push(generation("g1", "app.db", "s1", day));
+        c.add.push(generation("g2", "app.db", "s2", 2 * day));
+        c.add.push(generation("g3", "app.db", "s3", 3 * day));
+        c.add.push(generation("g0", "app.db", "gone", 0));
+        s.apply(&c).unwrap();
+        let ends: BTreeMap<String, i64> = [
+            ("g1".to_string(), 2 * day - 1),
+            ("g2".to_string(), 3 * day - 1),
+            ("g3".to_string(), 3 * day + 10),
+        ]
+        .into();
+        let plan = s.retention_with(
+            &Policy {
+                keep_last: Some(2),
+                ..Policy::default()
+            },
+            4 * day,
+            &ends,
+        );
+        let d = &plan[0].decisions;
+        let keep = |id: &str| d.iter().find(|x| x.id == id).unwrap().keep;
+        // Ranked: g3 (end 3d+10), g2 (3d-1), plain (2d+5), g1 (2d-1), g0.
+        assert!(keep("g3") && keep("g2") && !keep("plain") && !keep("g1") && !keep("g0"));
+        // Snapshots follow their generations, whatever their own time.
+        assert!(keep("s3") && keep("s2") && !keep("s1"));
+        let s2 = d.iter().find(|x| x.id == "s2").unwrap();
+        assert_eq!(s2.reasons, vec!["snapshot of generation g2".to_string()]);
+        // Every entry and generation decided once.
+        assert_eq!(d.len(), 8);
+        // keep-within 12h: g2 (2d..3d-1) overlaps the 12 h before the
+        // newest point (3d+10), so it stays with its end; ranked at its
+        // start (no ends given) it would not.
+        let within = Policy {
+            keep_within_ms: Some(day / 2),
+            ..Policy::default()
+        };
+        let with_ends = s.retention_with(&within, 4 * day, &ends);
+        let k =
+            |p: &Vec<GroupPlan>, id: &str| p[0].decisions.iter().find(|x| x.id == id).unwrap().keep;
+        assert!(k(&with_ends, "g2") && k(&with_ends, "s2"));
+        let at_start = s.retention(&within, 4 * day);
+        assert!(!k(&at_start, "g2") && !k(&at_start, "s2"));
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn a_kept_generation_always_keeps_its_snapshot(
+            gens in proptest::collection::vec((0i64..1000, 0i64..500), 1..12),
+            plain in proptest::collection::vec(0i64..1500, 0..6),
+            keep_last in 0u32..4,
+            keep_within in proptest::option::of(1i64..800),
+        ) {
+            let mut s = State::default();
+            let mut c = Commit::new(1, "t".into(), [0; 8]);
+            c.seq = 1;
+            let mut ends = BTreeMap::new();
+            for (i, (start, len)) in gens.iter().enumerate() {
+                let snap = format!("snap{i}");
+                c.add_entry(&entry(&snap, "app.db", *start)).unwrap();
+                c.add.push(generation(&format!("gen{i}"), "app.db", &snap, *start));
+                ends.insert(format!("gen{i}"), start + len);
+            }
+            for (i, t) in plain.iter().enumerate() {
+                c.add_entry(&entry(&format!("plain{i}"), "app.db", *t)).unwrap();
+            }
+            s.apply(&c).unwrap();
+            let policy = Policy {
+                keep_last: Some(keep_last),
+                keep_within_ms: keep_within,
+                max_age_ms: Some(10_000),
+                ..Policy::default()
+            };
+            let plan = s.retention_with(&policy, 2000, &ends);
+            let d = &plan[0].decisions;
+            proptest::prop_assert_eq!(d.len(), 2 * gens.len() + plain.len());
+            for i in 0..gens.len() {
+                let g = d.iter().find(|x| x.id == format!("gen{i}")).unwrap();
+                let sn = d.iter().find(|x| x.id == format!("snap{i}")).unwrap();
+                proptest::prop_assert_eq!(g.keep, sn.keep);
+            }
+            // The item reaching furthest is kept.
+            let newest = ends.values().copied().chain(plain.iter().copied()).max().unwrap();
+            proptest::prop_assert!(d.iter().any(|x| x.keep && x.created_at_ms == newest
+                && !x.id.starts_with("snap")));
+        }
     }
 
     #[test]

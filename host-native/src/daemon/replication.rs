@@ -134,7 +134,8 @@ pub fn config_for(db: &Database, temp_dir: Option<&Path>) -> Option<ReplicatorCo
     }
     let mut c = ReplicatorConfig::new(p.clone(), db.destinations.clone());
     c.key = db.key.clone();
-    c.level = db.level;
+    c.codec = Some(db.codec);
+    c.level = Some(db.level);
     c.temp_dir = temp_dir.map(Path::to_path_buf);
     tune(&mut c, &db.tuning);
     Some(c)

@@ -1,7 +1,7 @@
 //! [`ReplicatorConfig`]: what an application (or the daemon) gives an
 //! embedded replicator, built in code or read from a TOML string whose
 //! field names are those of a `[[databases]]` entry in cairn.toml
-//! (`source`, `destinations`, `key_file`, `level`, …) plus the
+//! (`source`, `destinations`, `key_file`, `codec`, `level`, …) plus the
 //! `cairn replicate` options (`interval`, `snapshot_interval`, …).
 
 use std::path::PathBuf;
@@ -25,8 +25,12 @@ pub struct ReplicatorConfig {
     pub destinations: Vec<String>,
     /// The key (or passphrase) segments and snapshots are sealed with; none: unencrypted.
     pub key: KeyArgs,
-    /// Compression level, 0 (store) to 9.
-    pub level: u8,
+    /// Segment and snapshot codec; none: zstd with a key, else gzip
+    /// (as `cairn backup`).
+    pub codec: Option<crate::backup::Codec>,
+    /// Compression level: gzip 0 to 9, zstd 1 to 19; none: the codec's
+    /// default (6 and 3).
+    pub level: Option<u8>,
     /// How often the WAL is looked at: the bound on replication lag.
     pub interval: Duration,
     /// A new generation (a fresh snapshot) this often.
@@ -37,6 +41,8 @@ pub struct ReplicatorConfig {
     pub wal_limit: u64,
     /// Where snapshots are staged [default: the system temp dir].
     pub temp_dir: Option<PathBuf>,
+    /// Compaction into levels (docs/FORMAT.md §13.9); `None`: off.
+    pub compaction: Option<cairn_core::compact::Policy>,
 }
 
 pub const DEFAULT_INTERVAL: Duration = Duration::from_millis(50);
@@ -50,12 +56,14 @@ impl ReplicatorConfig {
             source: source.into(),
             destinations,
             key: KeyArgs::default(),
-            level: cairn_core::DEFAULT_LEVEL,
+            codec: None,
+            level: None,
             interval: DEFAULT_INTERVAL,
             snapshot_interval: DEFAULT_SNAPSHOT_INTERVAL,
             lease_ttl: DEFAULT_LEASE_TTL,
             wal_limit: DEFAULT_WAL_LIMIT,
             temp_dir: None,
+            compaction: Some(cairn_core::compact::Policy::default()),
         }
     }
 
@@ -96,11 +104,19 @@ impl ReplicatorConfig {
             passphrase_file: raw.passphrase_file,
             passphrase_env: raw.passphrase_env,
         };
+        if let Some(k) = raw.codec {
+            c.codec =
+                Some(crate::backup::Codec::parse(&k).ok_or_else(|| {
+                    anyhow!("codec: {k:?} is not a codec: use \"gzip\" or \"zstd\"")
+                })?);
+        }
         if let Some(l) = raw.level {
-            c.level = u8::try_from(l)
-                .ok()
-                .filter(|l| *l <= 9)
-                .ok_or_else(|| anyhow!("level: {l} is out of range (0 to 9)"))?;
+            c.level = Some(
+                u8::try_from(l)
+                    .ok()
+                    .filter(|l| *l <= 19)
+                    .ok_or_else(|| anyhow!("level: {l} is out of range (0 to 19)"))?,
+            );
         }
         let dur = |field: &str, v: Option<String>, default: Duration| -> Result<Duration> {
             let Some(s) = v else { return Ok(default) };
@@ -120,6 +136,16 @@ impl ReplicatorConfig {
             c.wal_limit = super::parse_bytes(&w).map_err(|e| anyhow!("wal_limit: {e}"))?;
         }
         c.temp_dir = raw.temp_dir;
+        if raw.compact.is_some() || raw.keep_compacted.is_some() {
+            let keep = dur(
+                "keep_compacted",
+                raw.keep_compacted,
+                Duration::from_secs(3600),
+            )?;
+            c.compaction =
+                super::compact::parse_policy(raw.compact.as_deref().unwrap_or("30s,1h,24h"), keep)
+                    .map_err(|e| anyhow!("compact: {e:#}"))?;
+        }
         c.check()?;
         Ok(c)
     }
@@ -135,24 +161,37 @@ impl ReplicatorConfig {
         for (i, d) in self.destinations.iter().enumerate() {
             Location::parse(d).map_err(|e| anyhow!("destinations[{i}]: {e:#}"))?;
         }
+        self.compression(self.key.is_given())?;
         if self.lease_ttl < Duration::from_secs(2) {
             bail!("lease_ttl: must be at least 2s");
         }
         Ok(())
     }
 
+    /// The codec and level, each defaulting as for `cairn backup`.
+    fn compression(&self, encrypted: bool) -> Result<cairn_core::Compression> {
+        let codec = self
+            .codec
+            .unwrap_or(crate::backup::Codec::default_for(encrypted));
+        codec
+            .compression(self.level.unwrap_or(codec.default_level()))
+            .map_err(|e| anyhow!("level: {e}"))
+    }
+
     /// The options `replicate::run` takes (the key is loaded here).
     pub fn options(&self, log: LogTo) -> Result<ReplicateOptions> {
         self.check()?;
+        let key = self.key.load()?;
         Ok(ReplicateOptions {
             db: self.source.clone(),
-            key: self.key.load()?,
-            compression: crate::backup::check_level(self.level)?,
+            compression: self.compression(!matches!(key, cairn_core::KeyMaterial::None))?,
+            key,
             interval: self.interval.max(Duration::from_millis(1)),
             snapshot_interval: self.snapshot_interval,
             lease_ttl: self.lease_ttl,
             wal_limit: self.wal_limit,
             temp_dir: self.temp_dir.clone().unwrap_or_else(std::env::temp_dir),
+            compaction: self.compaction.clone(),
             log,
             status: Arc::default(),
         })
@@ -169,12 +208,15 @@ struct Raw {
     key_env: Option<String>,
     passphrase_file: Option<PathBuf>,
     passphrase_env: Option<String>,
+    codec: Option<String>,
     level: Option<i64>,
     interval: Option<String>,
     snapshot_interval: Option<String>,
     lease_ttl: Option<String>,
     wal_limit: Option<String>,
     temp_dir: Option<PathBuf>,
+    compact: Option<String>,
+    keep_compacted: Option<String>,
 }
 
 #[cfg(test)]
@@ -190,8 +232,39 @@ mod tests {
         assert_eq!(c.source, PathBuf::from("app.db"));
         assert_eq!(c.interval, Duration::from_millis(20));
         assert_eq!(c.wal_limit, 1 << 20);
-        assert_eq!(c.level, 3);
+        assert_eq!(c.level, Some(3));
+        assert_eq!(
+            c.compression(false).unwrap(),
+            cairn_core::Compression::Deflate { level: 3 }
+        );
+        assert_eq!(
+            c.compression(true).unwrap(),
+            cairn_core::Compression::Zstd { level: 3 }
+        );
+        let c = ReplicatorConfig::from_toml(
+            "source = \"a.db\"\ndestinations = [\"/x\"]\ncodec = \"zstd\"\nlevel = 19",
+        )
+        .unwrap();
+        assert_eq!(
+            c.compression(false).unwrap(),
+            cairn_core::Compression::Zstd { level: 19 }
+        );
         assert_eq!(c.snapshot_interval, DEFAULT_SNAPSHOT_INTERVAL);
+        assert_eq!(c.compaction, Some(cairn_core::compact::Policy::default()));
+        let c = ReplicatorConfig::from_toml(
+            "source = \"a.db\"\ndestinations = [\"/x\"]\ncompact = \"1s,1m\"\nkeep_compacted = \"5s\"",
+        )
+        .unwrap();
+        let p = c.compaction.unwrap();
+        assert_eq!(
+            (p.intervals_ms, p.keep_covered_ms),
+            (vec![1000, 60_000], vec![Some(5000)])
+        );
+        let c = ReplicatorConfig::from_toml(
+            "source = \"a.db\"\ndestinations = [\"/x\"]\ncompact = \"off\"",
+        )
+        .unwrap();
+        assert_eq!(c.compaction, None);
         // `path` is accepted for `source`.
         let c =
             ReplicatorConfig::from_toml("path = \"a.db\"\ndestinations = [\"/tmp/x\"]").unwrap();
@@ -208,7 +281,15 @@ mod tests {
                 .starts_with("interval:")
         );
         assert!(e("source = \"a.db\"\ndestinations = [\"/x\"]\nlevel = 12").starts_with("level:"));
+        assert!(e("source = \"a.db\"\ndestinations = [\"/x\"]\nlevel = 20").starts_with("level:"));
+        assert!(
+            e("source = \"a.db\"\ndestinations = [\"/x\"]\ncodec = \"lz4\"").starts_with("codec:")
+        );
         assert!(e("source = \"a.db\"\ndestinations = [\"/x\"]\nbogus = 1").contains("bogus"));
+        assert!(
+            e("source = \"a.db\"\ndestinations = [\"/x\"]\ncompact = \"often\"")
+                .starts_with("compact:")
+        );
         assert!(
             e("source = \"a.db\"\ndestinations = [\"ftp://x/y\"]").starts_with("destinations[0]:")
         );

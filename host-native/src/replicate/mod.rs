@@ -9,6 +9,7 @@
 //! the reading side; [`embed`] and [`config`] run a replicator inside an
 //! application's own tokio runtime; [`status`] is what a running one reports.
 
+pub mod compact;
 pub mod config;
 pub mod dir;
 pub mod embed;
@@ -67,9 +68,22 @@ pub struct ReplicateArgs {
     /// Restart the WAL (checkpoint RESTART) once it is this large.
     #[arg(long, default_value = "64MiB", value_parser = parse_bytes)]
     pub wal_limit: u64,
-    /// Compression level, 0 (store) to 9.
-    #[arg(long, default_value_t = 6)]
-    pub level: u8,
+    /// Segment and snapshot codec [default: gzip, or zstd when encrypting].
+    #[arg(long, value_enum)]
+    pub codec: Option<backup::Codec>,
+    /// Compression level: gzip 0 (store) to 9, default 6; zstd 1 to 19,
+    /// default 3.
+    #[arg(long)]
+    pub level: Option<u8>,
+    /// Compaction levels: level 1 merges level-0 segments every 30 s, level
+    /// 2 level 1 hourly, level 3 level 2 daily (docs/FORMAT.md §13.9), so a
+    /// restore reads few objects; `off` for none.
+    #[arg(long, value_name = "INTERVALS", default_value = "30s,1h,24h")]
+    pub compact: String,
+    /// How long a level-0 segment stays once a merged one covers it (restore
+    /// points between merged segments' ends are kept that long).
+    #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+    pub keep_compacted: Duration,
     /// Directory for the snapshots' temporary copies [default: the system temp dir].
     #[arg(long, value_name = "DIR")]
     pub temp_dir: Option<PathBuf>,
@@ -106,6 +120,8 @@ pub struct ReplicateOptions {
     pub lease_ttl: Duration,
     pub wal_limit: u64,
     pub temp_dir: PathBuf,
+    /// Compaction into levels (§13.9); `None`: off.
+    pub compaction: Option<cairn_core::compact::Policy>,
     /// Where its messages go: stderr for the CLI, `tracing` events when it
     /// runs inside an application or the daemon.
     pub log: LogTo,
@@ -122,6 +138,7 @@ pub struct Report {
     pub segment_bytes: u64,
     pub segment_requests: u64,
     pub checkpoints: u64,
+    pub compaction: compact::CompactStats,
     pub seconds: f64,
 }
 
@@ -199,6 +216,7 @@ fn run_inner(dests: &[Dest], opts: &ReplicateOptions, stop: &AtomicBool) -> Resu
             next_txid = next_txid.max(generation::last_txid(d, g)? + 1);
         }
     }
+    let sealing = encryption.clone();
     let mut r = Replicator {
         opts,
         dests,
@@ -221,7 +239,9 @@ fn run_inner(dests: &[Dest], opts: &ReplicateOptions, stop: &AtomicBool) -> Resu
         report: Report::default(),
         last_restart: None,
     };
-    let res = r.main_loop(stop);
+    let name = r.db_name.clone();
+    let (res, compacted) = compact::alongside(dests, opts, &name, sealing, || r.main_loop(stop));
+    r.report.compaction = compacted;
     // Whatever happened, give the leases up so a restart need not wait.
     for (l, d) in r.leases.drain(..).zip(dests) {
         let _ = l.release(d);
@@ -475,7 +495,10 @@ impl Replicator<'_> {
 /// `cairn replicate DB DEST…` (or `--dir DIR DEST…`, [`dir`]).
 pub fn cli(mut a: ReplicateArgs, rt: &tokio::runtime::Runtime) -> Result<()> {
     let key = a.key.load()?;
-    let compression = backup::check_level(a.level)?;
+    let compression =
+        backup::choose_compression(a.codec, a.level, !matches!(key, KeyMaterial::None))?;
+    let compaction = compact::parse_policy(&a.compact, a.keep_compacted)
+        .map_err(|e| anyhow!("--compact: {e:#}"))?;
     let temp_dir = a.temp_dir.clone().unwrap_or_else(std::env::temp_dir);
     let (interval, snapshot_interval) = (
         a.interval.max(Duration::from_millis(1)),
@@ -491,6 +514,7 @@ pub fn cli(mut a: ReplicateArgs, rt: &tokio::runtime::Runtime) -> Result<()> {
         lease_ttl,
         wal_limit,
         temp_dir: temp_dir.clone(),
+        compaction: compaction.clone(),
         log,
         status: Default::default(),
     };

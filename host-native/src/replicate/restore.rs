@@ -11,7 +11,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, anyhow, bail};
 use cairn_core::KeyMaterial;
-use cairn_core::segment::{Applier, Keys, Segment, SegmentInfoLite, Stop, plan};
+use cairn_core::segment::{Applier, Keys, Segment, SegmentInfoLite, route};
 use serde::Serialize;
 
 use super::generation::{GenerationEntry, generations, list_segments};
@@ -136,7 +136,7 @@ pub fn run(dest: &Dest, opts: &ReplicaRestoreOptions) -> Result<ReplicaRestoreRe
 }
 
 /// Downloads `keys` a few at a time, in parallel, keeping their order.
-fn fetch(dest: &Dest, keys: &[String]) -> Result<Vec<Vec<u8>>> {
+pub(crate) fn fetch(dest: &Dest, keys: &[String]) -> Result<Vec<Vec<u8>>> {
     let mut out = Vec::with_capacity(keys.len());
     for batch in keys.chunks(8) {
         let got: Vec<Result<Vec<u8>>> = std::thread::scope(|s| {
@@ -184,20 +184,28 @@ fn restore_generation(
             )
         })
         .collect();
-    let stop = opts.txid.map_or(Stop::Newest, Stop::Txid);
-    let keys = if listed.iter().any(|l| l.min_txid == g.first_txid) {
-        plan(&g.id, g.first_txid, &lite, stop)?
-    } else if g.base_txid < g.first_txid {
-        Vec::new()
-    } else {
-        bail!(
-            "generation {} in {} lacks its first segment (transaction {}): it cannot be restored",
-            g.id,
-            dest.describe(""),
-            g.first_txid
-        );
-    };
-
+    let segs: Vec<SegmentInfoLite> = lite.iter().map(|l| l.1).collect();
+    // With a target, the route goes no further than the txid bound; a time
+    // target becomes one once a segment is seen to pass it (below).
+    let mut bound = opts.txid;
+    let mut keys: Vec<String> = route(&segs, g.first_txid, bound)
+        .into_iter()
+        .map(|i| lite[i].0.clone())
+        .collect();
+    if keys.is_empty() {
+        if listed.iter().any(|l| l.min_txid == g.first_txid) {
+            // Its first segments all pass the target (merged ones whose
+            // finer parts were deleted): no restore point in reach here.
+            return Ok(None);
+        } else if g.base_txid >= g.first_txid {
+            bail!(
+                "generation {} in {} lacks its first segment (transaction {}): it cannot be restored",
+                g.id,
+                dest.describe(""),
+                g.first_txid
+            );
+        }
+    }
     let out = &opts.output;
     let dir = crate::restore::parent_dir(out);
     std::fs::create_dir_all(&dir)
@@ -248,41 +256,55 @@ fn restore_generation(
     let mut applied = 0;
     let base_reached = |a: &Applier| a.next_txid > g.base_txid;
     let mut keyring = Keys::new(opts.key.clone());
-    'outer: for batch in keys.chunks(32) {
-        for (k, bytes) in batch.iter().zip(fetch(dest, batch)?) {
-            let seg = Segment::open_with(&bytes, k, &mut keyring)
-                .map_err(|e| anyhow!("{}: {e}", dest.describe(k)))?;
-            if opts.timestamp_ms.is_some_and(|t| seg.info.time_ms > t) {
-                if base_reached(&applier) {
-                    break 'outer;
+    'route: loop {
+        // Set when a segment passes the time target: finer segments may
+        // still reach into it, so plan again up to just before its end.
+        let mut replan = None;
+        'batches: for batch in keys.chunks(32) {
+            for (k, bytes) in batch.iter().zip(fetch(dest, batch)?) {
+                let seg = Segment::open_with(&bytes, k, &mut keyring)
+                    .map_err(|e| anyhow!("{}: {e}", dest.describe(k)))?;
+                if opts.timestamp_ms.is_some_and(|t| seg.info.time_ms > t) {
+                    if seg.info.max_txid > seg.info.min_txid {
+                        replan = Some(seg.info.max_txid - 1);
+                    }
+                    break 'batches;
                 }
-                return Ok(None);
+                applier
+                    .accept(&seg)
+                    .map_err(|e| anyhow!("{}: {e}", dest.describe(k)))?;
+                if let Some((&top, _)) = seg.pages.last_key_value() {
+                    high_page = high_page.max(u64::from(top));
+                }
+                if u64::from(seg.info.db_pages) > high_page + 1 {
+                    bail!(
+                        "{}: the segment says the database has {} pages, but nothing wrote past page {high_page}: the replica is damaged or forged; nothing was written to {}",
+                        dest.describe(k),
+                        seg.info.db_pages,
+                        out.display()
+                    );
+                }
+                let len = file.metadata()?.len();
+                let cut = u64::from(seg.info.min_db_pages) * ps;
+                if cut < len {
+                    file.set_len(cut)?;
+                }
+                file.set_len(u64::from(seg.info.db_pages) * ps)?;
+                for (p, d) in &seg.pages {
+                    file.write_all_at(d, (u64::from(*p) - 1) * ps)
+                        .with_context(|| format!("cannot write {}", tmp.display()))?;
+                }
+                applied += 1;
             }
-            applier
-                .accept(&seg)
-                .map_err(|e| anyhow!("{}: {e}", dest.describe(k)))?;
-            if let Some((&top, _)) = seg.pages.last_key_value() {
-                high_page = high_page.max(u64::from(top));
-            }
-            if u64::from(seg.info.db_pages) > high_page + 1 {
-                bail!(
-                    "{}: the segment says the database has {} pages, but nothing wrote past page {high_page}: the replica is damaged or forged; nothing was written to {}",
-                    dest.describe(k),
-                    seg.info.db_pages,
-                    out.display()
-                );
-            }
-            let len = file.metadata()?.len();
-            let cut = u64::from(seg.info.min_db_pages) * ps;
-            if cut < len {
-                file.set_len(cut)?;
-            }
-            file.set_len(u64::from(seg.info.db_pages) * ps)?;
-            for (p, d) in &seg.pages {
-                file.write_all_at(d, (u64::from(*p) - 1) * ps)
-                    .with_context(|| format!("cannot write {}", tmp.display()))?;
-            }
-            applied += 1;
+        }
+        let Some(b) = replan else { break 'route };
+        bound = Some(bound.map_or(b, |x| x.min(b)));
+        keys = route(&segs, applier.next_txid, bound)
+            .into_iter()
+            .map(|i| lite[i].0.clone())
+            .collect();
+        if keys.is_empty() {
+            break 'route;
         }
     }
     if !base_reached(&applier) {

@@ -5,7 +5,7 @@
 
 use anyhow::{Context, Result, anyhow};
 use cairn_core::encoder::EncryptionParams;
-use cairn_core::segment::{Segment, segment_key};
+use cairn_core::segment::{Segment, segment_ext, segment_key_ext};
 use cairn_core::wal::Txn;
 use cairn_core::{Compression, SourceKind, WriterParams};
 
@@ -67,12 +67,12 @@ impl Shipper {
             encryption,
         })?;
         Ok(Ready {
-            key: segment_key(
+            key: segment_key_ext(
                 generation,
                 0,
                 seg.info.min_txid,
                 seg.info.max_txid,
-                encrypted,
+                segment_ext(encrypted, self.compression),
             ),
             bytes,
             max_txid: seg.info.max_txid,

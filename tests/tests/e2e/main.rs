@@ -21,6 +21,7 @@ mod replica_check;
 mod replicate;
 mod replicate_dir;
 mod replicate_torture;
+mod replicate_levels;
 mod sandbox;
 mod servers_selftest;
 mod spec;
