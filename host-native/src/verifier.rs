@@ -236,7 +236,12 @@ pub fn run(req: Request) -> Result<Report> {
         .stdout(stdout.clone())
         .stderr(stderr.clone());
     wasi.preopened_dir(scratch.path(), SCRATCH_DIR, FsPerms::ReadWrite)
-        .map_err(|e| anyhow!("cannot open {} for the sandbox: {e}", scratch.path().display()))?;
+        .map_err(|e| {
+            anyhow!(
+                "cannot open {} for the sandbox: {e}",
+                scratch.path().display()
+            )
+        })?;
     if let Some(dir) = dir {
         wasi.stdin(MemoryInputPipe::new(key_line.clone().into_bytes()))
             .preopened_dir(dir, GUEST_DIR, FsPerms::ReadOnly)
@@ -310,8 +315,8 @@ pub fn run(req: Request) -> Result<Report> {
     let stream = match stream {
         None => None,
         Some(input) => {
-            let (reader, writer) = std::io::pipe()
-                .map_err(|e| anyhow!("cannot make a pipe for the sandbox: {e}"))?;
+            let (reader, writer) =
+                std::io::pipe().map_err(|e| anyhow!("cannot make a pipe for the sandbox: {e}"))?;
             let file = std::fs::File::from(std::os::fd::OwnedFd::from(reader));
             wasi.stdin(wasmtime_wasi::cli::InputFile::new(file));
             Some((input, writer))
@@ -454,7 +459,11 @@ impl<R: Read> Read for Hashing<R> {
 /// decoded data and no digest of the archive: here the host's own digests
 /// take their place, and a decoded database that does not hash to the
 /// trailer's claim fails as the core's decoder would have failed it.
-fn settle_digests(report: &mut Report, stored: Option<Digest>, plain: Option<Digest>) -> Result<()> {
+fn settle_digests(
+    report: &mut Report,
+    stored: Option<Digest>,
+    plain: Option<Digest>,
+) -> Result<()> {
     let (Some((stored_sha, stored_len)), Some((plain_sha, plain_len))) = (stored, plain) else {
         return Err(anyhow!(
             "the sandboxed verifier passed, but the host could not hash what it checked"
@@ -553,7 +562,10 @@ mod tests {
         settle_digests(&mut r, Some(([2; 32], 20)), Some(([3; 32], 10))).unwrap();
         assert!(!r.ok);
         let f = r.error.unwrap();
-        assert_eq!((f.stage.as_str(), f.code.as_deref()), ("decode", Some("checksum-mismatch")));
+        assert_eq!(
+            (f.stage.as_str(), f.code.as_deref()),
+            ("decode", Some("checksum-mismatch"))
+        );
         assert_eq!(r.plain_sha256, Some(hex::encode([3; 32])));
 
         // Nothing to hash, or an archive that changed under the check.
@@ -561,6 +573,9 @@ mod tests {
         assert!(settle_digests(&mut r, None, Some(([1; 32], 10))).is_err());
         let mut r = report([1; 32]);
         let e = settle_digests(&mut r, Some(([2; 32], 21)), Some(([1; 32], 10))).unwrap_err();
-        assert!(e.to_string().contains("changed while it was verified"), "{e}");
+        assert!(
+            e.to_string().contains("changed while it was verified"),
+            "{e}"
+        );
     }
 }

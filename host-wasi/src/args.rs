@@ -111,7 +111,9 @@ pub fn parse(args: impl Iterator<Item = String>) -> Result<Command, String> {
         }
     }
     if host_digests && scratch.is_none() {
-        return Err("--host-digests needs --scratch (the host hashes the decoded file there)".into());
+        return Err(
+            "--host-digests needs --scratch (the host hashes the decoded file there)".into(),
+        );
     }
     match sub.as_str() {
         "verify" => Ok(Command::Verify {

@@ -56,7 +56,9 @@ impl ClaimDecoder {
         }
         self.parser.finish()?;
         let (Some(reader), Some(trailer)) = (self.reader, self.trailer) else {
-            return Err(Error::Truncated("the archive ends before its trailer".into()));
+            return Err(Error::Truncated(
+                "the archive ends before its trailer".into(),
+            ));
         };
         Ok(DecodeSummary {
             meta: reader.metadata().clone(),
@@ -70,9 +72,8 @@ impl ClaimDecoder {
         while let Some(ev) = self.parser.next_event()? {
             match ev {
                 Event::Header { bytes, meta } => {
-                    self.reader = Some(ArchiveReader::with_aead(
-                        bytes, meta, &self.key, self.aead,
-                    )?);
+                    self.reader =
+                        Some(ArchiveReader::with_aead(bytes, meta, &self.key, self.aead)?);
                 }
                 Event::Chunk(c) => {
                     let reader = self.reader.as_ref().expect("header comes first");
@@ -147,7 +148,10 @@ mod tests {
         let f = full.finish().unwrap();
         assert_eq!(out, expected);
         assert_eq!(out, data);
-        assert_eq!((s.chunks, s.plain_len, s.plain_sha256), (f.chunks, f.plain_len, f.plain_sha256));
+        assert_eq!(
+            (s.chunks, s.plain_len, s.plain_sha256),
+            (f.chunks, f.plain_len, f.plain_sha256)
+        );
     }
 
     #[test]
@@ -157,7 +161,11 @@ mod tests {
         let mut bad = bytes.clone();
         let mid = bad.len() / 2;
         bad[mid] ^= 0x55;
-        for broken in [&bytes[..bytes.len() - 10], &bytes[..bytes.len() / 3], &bad[..]] {
+        for broken in [
+            &bytes[..bytes.len() - 10],
+            &bytes[..bytes.len() / 3],
+            &bad[..],
+        ] {
             let e = claim(broken).unwrap_err();
             let core = {
                 let mut d = Decoder::new(KeyMaterial::None);

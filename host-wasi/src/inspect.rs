@@ -66,7 +66,10 @@ pub fn verify(path: &str, key: KeyMaterial, opts: Options, aead: AeadFactory) ->
         }
         Some(dir) => {
             let dir = dir.trim_end_matches('/');
-            let (part, db) = (format!("{dir}/{SCRATCH_PART}"), format!("{dir}/{SCRATCH_NAME}"));
+            let (part, db) = (
+                format!("{dir}/{SCRATCH_PART}"),
+                format!("{dir}/{SCRATCH_NAME}"),
+            );
             let dec = AnyDecoder::new(key, aead, host_digests);
             let result = decode_to_file(path, dec, expect_size, &part, &db, &mut report);
             let checked = match result {

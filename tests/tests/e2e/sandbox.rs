@@ -169,7 +169,11 @@ fn a_decompression_bomb_is_stopped_at_the_size_the_catalog_promises() {
     s.run(&["restore", "backups", "-o", "out.db", "--verify-sandboxed"])
         .fails_with(&[&object, "decodes to more than"]);
     assert!(!s.path("out.db").exists());
-    assert_eq!(temp_leftovers(&s), Vec::<String>::new(), "scratch left behind");
+    assert_eq!(
+        temp_leftovers(&s),
+        Vec::<String>::new(),
+        "scratch left behind"
+    );
 }
 
 /// Runs the verifier on `archive` (a path under `/backup`, mapped to `dir`)
@@ -226,11 +230,15 @@ fn the_host_stops_a_guest_whose_scratch_file_outgrows_its_limit() {
     .expect_err("the watch must stop it");
     let msg = err;
     assert!(
-        msg.contains("scratch directory grew past 16777216 bytes") && msg.contains("use another backup"),
+        msg.contains("scratch directory grew past 16777216 bytes")
+            && msg.contains("use another backup"),
         "{msg}"
     );
     let left: Vec<_> = std::fs::read_dir(&tmp).unwrap().collect();
-    assert!(left.is_empty(), "the scratch directory must be removed: {left:?}");
+    assert!(
+        left.is_empty(),
+        "the scratch directory must be removed: {left:?}"
+    );
 }
 
 #[test]
@@ -258,7 +266,11 @@ fn a_slow_archive_is_stopped_by_the_sandbox_deadline() {
         "{msg}"
     );
     assert!(started.elapsed() < std::time::Duration::from_secs(30));
-    assert_eq!(temp_leftovers(&s), Vec::<String>::new(), "scratch left behind");
+    assert_eq!(
+        temp_leftovers(&s),
+        Vec::<String>::new(),
+        "scratch left behind"
+    );
 }
 
 /// Plants `db` (bytes of a crafted database) as the latest backup's object,
@@ -301,7 +313,11 @@ fn crafted_databases_fail_cleanly_inside_the_sandbox() {
     let mut page_size = good.clone();
     page_size[16..18].copy_from_slice(&3u16.to_be_bytes());
 
-    for (what, db) in [("garbage b-tree page", garbage), ("huge page count", huge), ("bad page size", page_size)] {
+    for (what, db) in [
+        ("garbage b-tree page", garbage),
+        ("huge page count", huge),
+        ("bad page size", page_size),
+    ] {
         let object = plant_database(&s, &db);
         let r = s.run(&["verify", "--json", "--sandbox-memory", "256M"]);
         assert_ne!(r.code, 0, "{what}: {}{}", r.stdout, r.stderr);
@@ -313,8 +329,15 @@ fn crafted_databases_fail_cleanly_inside_the_sandbox() {
             err.contains(&object) && (err.contains("not sound") || err.contains("memory limit")),
             "{what}: a clean verdict from the sandbox, not a crash: {err}"
         );
-        assert!(!err.contains("crashed") && !err.contains("panic"), "{what}: {err}");
-        assert_eq!(temp_leftovers(&s), Vec::<String>::new(), "{what}: scratch left behind");
+        assert!(
+            !err.contains("crashed") && !err.contains("panic"),
+            "{what}: {err}"
+        );
+        assert_eq!(
+            temp_leftovers(&s),
+            Vec::<String>::new(),
+            "{what}: scratch left behind"
+        );
     }
 }
 
@@ -354,7 +377,11 @@ fn a_database_over_4_gib_verifies_in_the_sandbox_with_256_mib_of_memory() {
     assert_eq!(v["page_count"].as_u64().unwrap() * 65536, size, "{v}");
     assert_eq!(v["tables"][0]["name"], "blobs", "{v}");
     assert_eq!(v["tables"][0]["rows"], 4160, "{v}");
-    assert_eq!(temp_leftovers(&s), Vec::<String>::new(), "scratch left behind");
+    assert_eq!(
+        temp_leftovers(&s),
+        Vec::<String>::new(),
+        "scratch left behind"
+    );
     // Free the disk now rather than at the end of the test binary.
     std::fs::remove_file(&db).unwrap();
 }
@@ -437,7 +464,13 @@ fn cairn_wasi_runs_under_the_wasmtime_cli() {
     let wasmtime_run = |args: &[&str], stdin: &str| {
         use std::io::Write;
         let mut c = std::process::Command::new(&wasmtime)
-            .args(["run", "--dir", "backups::/backup", "--dir", "scratch::/scratch"])
+            .args([
+                "run",
+                "--dir",
+                "backups::/backup",
+                "--dir",
+                "scratch::/scratch",
+            ])
             .arg("cairn-wasi.wasm")
             .args(args)
             .current_dir(s.dir.path())
@@ -467,14 +500,26 @@ fn cairn_wasi_runs_under_the_wasmtime_cli() {
     // With a scratch directory: decoded to a file there, read by SQLite
     // through the read-only VFS, the same findings; the file is removed.
     let r = wasmtime_run(
-        &["verify", &archive, "--key-file", "/backup/k.key", "--json", "--scratch", "/scratch"],
+        &[
+            "verify",
+            &archive,
+            "--key-file",
+            "/backup/k.key",
+            "--json",
+            "--scratch",
+            "/scratch",
+        ],
         "",
     );
     assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
     let w: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
     assert_eq!(w["tables"], v["tables"], "{w}");
     assert_eq!(w["page_count"], v["page_count"], "{w}");
-    assert_eq!(s.files("scratch"), Vec::<String>::new(), "the scratch file is removed");
+    assert_eq!(
+        s.files("scratch"),
+        Vec::<String>::new(),
+        "the scratch file is removed"
+    );
 
     // The key on stdin, the text report.
     let r = wasmtime_run(&["verify", &archive, "--key-stdin"], TEST_KEY);
