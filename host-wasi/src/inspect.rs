@@ -32,6 +32,11 @@ const SCRATCH_PART: &str = "database.part";
 /// SQLite's page cache for the check, in KiB: integrity_check looks up every
 /// row's index entries, and each cache miss is a read through WASI.
 const CACHE_KIB: i64 = 64 << 10;
+/// Archive bytes pushed at once start at MIN_STEP and double while a push
+/// decodes to less than PUSH_OUTPUT: at most a few frames' worth of
+/// plaintext is held at once, however well the archive compresses.
+const MIN_STEP: usize = 512;
+const PUSH_OUTPUT: usize = 8 << 20;
 
 /// How the archive is to be decoded and checked.
 pub struct Options<'a> {
@@ -181,6 +186,7 @@ fn decode(
     let mut stored = (!host_digests).then(Sha256::new);
     let mut stored_len = 0u64;
     let mut buf = vec![0u8; 256 << 10];
+    let mut step = MIN_STEP;
     let core_err = |e: cairn_core::Error| ("decode", Some(e.code().name()), e.to_string());
     loop {
         let n = file
@@ -193,22 +199,35 @@ fn decode(
             h.update(&buf[..n]);
         }
         stored_len += n as u64;
-        let plain = dec.push(&buf[..n]).map_err(core_err)?;
-        plain_len += plain.len() as u64;
-        if let Some(limit) = expect_size
-            && plain_len > limit
-        {
-            return Err((
-                "size",
-                None,
-                format!(
-                    "the archive decodes to more than the {limit} bytes expected of it \
-                     (--expect-size): it is not the database it claims to be"
-                ),
-            ));
+        // Fed in slices that shrink when they decode to much: one slice of a
+        // highly compressed archive (zeroblobs, a bomb) can hold thousands
+        // of frames, and the decoder returns all their plaintext at once.
+        let mut at = 0;
+        while at < n {
+            let end = (at + step).min(n);
+            let plain = dec.push(&buf[at..end]).map_err(core_err)?;
+            at = end;
+            step = if plain.len() < PUSH_OUTPUT {
+                (step * 2).min(buf.len())
+            } else {
+                (step / 4).max(MIN_STEP)
+            };
+            plain_len += plain.len() as u64;
+            if let Some(limit) = expect_size
+                && plain_len > limit
+            {
+                return Err((
+                    "size",
+                    None,
+                    format!(
+                        "the archive decodes to more than the {limit} bytes expected of it \
+                         (--expect-size): it is not the database it claims to be"
+                    ),
+                ));
+            }
+            out.write_all(&plain)
+                .map_err(|e| ("scratch", None, format!("cannot write the database: {e}")))?;
         }
-        out.write_all(&plain)
-            .map_err(|e| ("scratch", None, format!("cannot write the database: {e}")))?;
         if report.archive_id.is_none()
             && let Some(meta) = dec.metadata()
         {
