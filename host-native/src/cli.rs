@@ -525,8 +525,9 @@ pub struct KeygenArgs {
 
 #[derive(Args, Debug)]
 pub struct SandboxArgs {
-    /// Memory cap for the WebAssembly sandbox, e.g. 512M [default: 256M to
-    /// decode; to verify, the database's size plus 128M, at least 256M].
+    /// Memory cap for the WebAssembly sandbox, e.g. 512M [default: 256M,
+    /// whatever the database's size: the verifier decodes into a scratch
+    /// file in --temp-dir and SQLite reads it from there].
     #[arg(long, value_parser = parse_size, value_name = "SIZE")]
     pub sandbox_memory: Option<u64>,
     /// Deadline in seconds [default: 60 per call to decode; to verify, 60

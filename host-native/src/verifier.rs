@@ -1,19 +1,27 @@
 //! The sandboxed verifier: `cairn-wasi` (decoder and SQLite, built from
-//! host-wasi/) run inside the embedded wasmtime. It sees one directory,
-//! read-only, and its key on stdin; no other files, no network, no
-//! environment; memory is capped and the whole run has a deadline. All the
-//! host takes back is its JSON report.
+//! host-wasi/) run inside the embedded wasmtime. It sees the archive's
+//! directory read-only (or the archive on stdin), its key on stdin, and one
+//! private scratch directory, writable, that this host creates for the run
+//! and removes after it: the guest decodes the database into a file there
+//! and SQLite reads it back page by page, so the guest's memory stays small
+//! whatever the database's size. No other files, no network, no
+//! environment; memory is capped, the whole run has a deadline, and a watch
+//! on the scratch directory stops the guest once it holds more than the
+//! database the catalog promises (a decompression bomb cannot fill the
+//! disk). All the host takes back is its JSON report.
 
 use std::io::{Read, Write};
 use std::path::Path;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
 
 use aes_gcm::aead::AeadInOut;
 use anyhow::{Result, anyhow};
 use cairn_core::KeyMaterial;
 use serde::Deserialize;
 use wasmtime::component::Linker;
+use wasmtime::{Trap, UpdateDeadline};
 use wasmtime_wasi::p2::bindings::sync::CommandPre;
 use wasmtime_wasi::p2::pipe::{MemoryInputPipe, MemoryOutputPipe};
 use wasmtime_wasi::{FsPerms, I32Exit, WasiCtx};
@@ -29,6 +37,12 @@ pub static ACCELERATED: &[u8] =
 
 /// Where the archive's directory appears inside the guest.
 pub const GUEST_DIR: &str = "/backup";
+/// Where the private scratch directory appears inside the guest.
+pub const SCRATCH_DIR: &str = "/scratch";
+/// How often the scratch directory's size is looked at.
+const SCRATCH_POLL: Duration = Duration::from_millis(20);
+/// More entries than this in the scratch directory stop the guest: it needs one.
+const SCRATCH_ENTRIES: usize = 16;
 
 /// One table of the verified database.
 #[derive(Debug, Clone, Deserialize, serde::Serialize)]
@@ -61,6 +75,9 @@ pub struct Report {
     #[serde(default)]
     pub tables: Vec<Table>,
     pub error: Option<Failure>,
+    /// The guest left both SHA-256 sums to the host (`--host-digests`).
+    #[serde(default)]
+    pub digests_by_host: bool,
 }
 
 /// Where the guest reads the archive from.
@@ -76,9 +93,14 @@ pub enum Source<'a> {
 pub struct Request<'a> {
     pub source: Source<'a>,
     pub key: &'a KeyMaterial,
-    /// The database size the catalog promises: reserves the image up front.
+    /// The database size the catalog promises: the guest refuses to decode more.
     pub expect_size: Option<u64>,
     pub limits: Limits,
+    /// Where to create the private scratch directory.
+    pub temp_dir: &'a Path,
+    /// The most bytes the scratch directory may hold before the guest is
+    /// stopped (enforced here, whatever the guest does).
+    pub scratch_limit: u64,
     /// Run the portable build, with AES-GCM in wasm, instead of the accelerated one.
     pub portable: bool,
 }
@@ -145,7 +167,8 @@ fn aes256gcm_open(key: &[u8], nonce: &[u8], aad: &[u8], mut sealed: Vec<u8>) -> 
 }
 
 /// Runs the verifier. `Err` means the sandbox itself stopped it (a limit, a
-/// trap, a crash); a report with `ok: false` means the archive failed a check.
+/// trap, a crash, the scratch watch); a report with `ok: false` means the
+/// archive failed a check.
 pub fn run(req: Request) -> Result<Report> {
     let v = verifier()?;
     let Request {
@@ -153,18 +176,45 @@ pub fn run(req: Request) -> Result<Report> {
         key,
         expect_size,
         limits,
+        temp_dir,
+        scratch_limit,
         portable,
     } = req;
+    let scratch = tempfile::Builder::new()
+        .prefix(".cairn-verify-scratch-")
+        .tempdir_in(temp_dir)
+        .map_err(|e| {
+            anyhow!(
+                "cannot create a scratch directory in {} ({e}); set --temp-dir",
+                temp_dir.display()
+            )
+        })?;
     let (dir, archive, stream) = match source {
         Source::File { dir, archive } => (Some(dir), archive.to_string(), None),
         Source::Stream(r) => (None, "-".to_string(), Some(r)),
     };
+    // The digests are taken here, natively, when the host can read the very
+    // bytes the guest does: a stream it feeds, or a file directly in `dir`.
+    // The portable build keeps its promise of trusting the host for nothing.
+    let archive_file = dir.and_then(|d| {
+        let name = archive.strip_prefix(GUEST_DIR)?.strip_prefix('/')?;
+        let plain = !name.is_empty() && !name.contains('/') && name != "." && name != "..";
+        // Not through a symbolic link, which the guest would not follow either.
+        let path = d.join(name);
+        (plain && std::fs::symlink_metadata(&path).is_ok_and(|m| m.is_file())).then_some(path)
+    });
+    let host_digests = !portable && (stream.is_some() || archive_file.is_some());
     let mut args = vec![
         "cairn-wasi".to_string(),
         "verify".into(),
         archive,
         "--json".into(),
+        "--scratch".into(),
+        SCRATCH_DIR.into(),
     ];
+    if host_digests {
+        args.push("--host-digests".into());
+    }
     let key_line = match key {
         KeyMaterial::None => String::new(),
         KeyMaterial::Key(k) => {
@@ -185,6 +235,13 @@ pub fn run(req: Request) -> Result<Report> {
     wasi.args(&args)
         .stdout(stdout.clone())
         .stderr(stderr.clone());
+    wasi.preopened_dir(scratch.path(), SCRATCH_DIR, FsPerms::ReadWrite)
+        .map_err(|e| {
+            anyhow!(
+                "cannot open {} for the sandbox: {e}",
+                scratch.path().display()
+            )
+        })?;
     if let Some(dir) = dir {
         wasi.stdin(MemoryInputPipe::new(key_line.clone().into_bytes()))
             .preopened_dir(dir, GUEST_DIR, FsPerms::ReadOnly)
@@ -196,44 +253,121 @@ pub fn run(req: Request) -> Result<Report> {
         &v.accelerated
     };
     let hit = Arc::new(AtomicBool::new(false));
-    let run_guest = |wasi: WasiCtx| -> Result<Result<Result<(), ()>, wasmtime::Error>> {
+    let over = Arc::new(AtomicBool::new(false));
+    let done = AtomicBool::new(false);
+    let run_in_store = |wasi: WasiCtx| -> Result<Result<Result<(), ()>, wasmtime::Error>> {
         let mut store = Runtime::get()?.store(wasi, limits, hit.clone());
+        // Checked on every epoch tick: the scratch watch's verdict, and the
+        // deadline for the whole run.
+        let deadline = Instant::now() + limits.call_timeout;
+        let stop = over.clone();
+        store.set_epoch_deadline(1);
+        store.epoch_deadline_callback(move |_| {
+            if stop.load(Ordering::SeqCst) {
+                return Err(wasmtime::Error::msg(
+                    "the scratch directory is over its limit",
+                ));
+            }
+            if Instant::now() >= deadline {
+                return Err(wasmtime::Error::new(Trap::Interrupt));
+            }
+            Ok(UpdateDeadline::Continue(1))
+        });
         Ok(pre
             .instantiate(&mut store)
             .and_then(|cmd| cmd.wasi_cli_run().call_run(&mut store)))
     };
-    let (exit, feed_error) = match stream {
-        None => (run_guest(wasi.build())?, None),
-        Some(mut input) => {
-            // The key's line, then the archive, through an OS pipe that the
-            // guest reads as stdin; a feeder thread copies in bounded pieces.
-            let (reader, mut writer) =
+    // However it ends, the threads below stop with it.
+    let run_guest = |wasi: WasiCtx| {
+        let exit = run_in_store(wasi);
+        done.store(true, Ordering::SeqCst);
+        exit
+    };
+    // The watch: polls the scratch directory's size until the guest ends.
+    let watch = || {
+        while !done.load(Ordering::SeqCst) {
+            if scratch_usage(scratch.path()) > scratch_limit {
+                over.store(true, Ordering::SeqCst);
+                return;
+            }
+            std::thread::sleep(SCRATCH_POLL);
+        }
+    };
+    // The decoded database's digest, from the moment the guest renames it
+    // into place (decoded and checked; SQLite reads it meanwhile).
+    let decoded = scratch.path().join("database");
+    let hash_decoded = || -> std::io::Result<Option<Digest>> {
+        loop {
+            let finished = done.load(Ordering::SeqCst);
+            if decoded.is_file() {
+                return std::fs::File::open(&decoded).and_then(digest).map(Some);
+            }
+            if finished {
+                return Ok(None);
+            }
+            std::thread::sleep(SCRATCH_POLL);
+        }
+    };
+    let streamed = stream.is_some();
+    // The key's line, then the archive, through an OS pipe that the guest
+    // reads as stdin; a feeder thread copies in bounded pieces, hashing what
+    // it feeds.
+    let stream = match stream {
+        None => None,
+        Some(input) => {
+            let (reader, writer) =
                 std::io::pipe().map_err(|e| anyhow!("cannot make a pipe for the sandbox: {e}"))?;
             let file = std::fs::File::from(std::os::fd::OwnedFd::from(reader));
             wasi.stdin(wasmtime_wasi::cli::InputFile::new(file));
-            std::thread::scope(|s| {
-                let feeder = s.spawn(move || -> std::io::Result<()> {
+            Some((input, writer))
+        }
+    };
+    let (exit, stored, plain) = std::thread::scope(|s| {
+        s.spawn(watch);
+        let plain = host_digests.then(|| s.spawn(hash_decoded));
+        let (exit, stored) = match stream {
+            None => {
+                let stored = archive_file
+                    .as_ref()
+                    .filter(|_| host_digests)
+                    .map(|p| s.spawn(move || std::fs::File::open(p).and_then(digest)));
+                let exit = run_guest(wasi.build());
+                (exit, stored.map(join))
+            }
+            Some((input, mut writer)) => {
+                let feeder = s.spawn(move || -> std::io::Result<Digest> {
                     if !key_line.is_empty() {
                         writer.write_all(format!("{key_line}\n").as_bytes())?;
                     }
+                    let mut input = Hashing::new(input);
                     match std::io::copy(&mut input, &mut writer) {
-                        Ok(_) => Ok(()),
-                        // The guest stopped reading (it found a fault): not ours to report.
-                        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+                        Ok(_) => Ok(input.digest()),
+                        // The guest stopped reading (it found a fault): not
+                        // ours to report; the digest is then not used.
+                        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(input.digest()),
                         Err(e) => Err(e),
                     }
                 });
                 // The store (and with it the pipe's read end) is dropped when
                 // run_guest returns, so a feeder blocked on a full pipe wakes.
                 let exit = run_guest(wasi.build());
-                let fed = feeder
-                    .join()
-                    .unwrap_or_else(|_| Err(std::io::Error::other("the feeder thread panicked")));
-                Ok::<_, anyhow::Error>((exit?, fed.err()))
-            })?
-        }
-    };
-    if let Some(e) = feed_error {
+                (exit, Some(join(feeder)))
+            }
+        };
+        Ok::<_, anyhow::Error>((exit?, stored, plain.map(join)))
+    })?;
+    // Looked at once more: a guest faster than the watch is held to it too.
+    if over.load(Ordering::SeqCst) || scratch_usage(scratch.path()) > scratch_limit {
+        return Err(anyhow!(
+            "the sandbox stopped the verifier: its scratch directory grew past {scratch_limit} bytes, \
+             more than the database the catalog promises; the archive is not what it claims \
+             (a decompression bomb?), use another backup with --id"
+        ));
+    }
+    drop(scratch);
+    // A stream the host could not read is the host's failure; a file only
+    // matters if the guest passed it (settle_digests).
+    if streamed && let Some(Err(e)) = &stored {
         return Err(anyhow!("cannot read the archive: {e}"));
     }
     let code = match exit {
@@ -245,7 +379,7 @@ pub fn run(req: Request) -> Result<Report> {
         },
     };
     let out = stdout.contents();
-    let report: Report = serde_json::from_slice(&out).map_err(|e| {
+    let mut report: Report = serde_json::from_slice(&out).map_err(|e| {
         anyhow!(
             "the sandboxed verifier exited with {code} and no readable report ({e}): {}",
             String::from_utf8_lossy(&stderr.contents()).trim()
@@ -257,7 +391,129 @@ pub fn run(req: Request) -> Result<Report> {
             report.ok
         ));
     }
+    if report.digests_by_host != host_digests {
+        return Err(anyhow!(
+            "the sandboxed verifier's report does not say who took the digests as asked"
+        ));
+    }
+    if host_digests && report.ok {
+        let stored = stored.and_then(Result::ok);
+        let plain = match plain {
+            Some(Ok(p)) => p,
+            Some(Err(e)) => return Err(anyhow!("cannot read the sandbox's decoded database: {e}")),
+            None => None,
+        };
+        settle_digests(&mut report, stored, plain)?;
+    }
     Ok(report)
+}
+
+/// A SHA-256 and the length of what it covers.
+type Digest = ([u8; 32], u64);
+
+fn digest(mut r: impl Read) -> std::io::Result<Digest> {
+    let mut h = Hashing::new(&mut r);
+    std::io::copy(&mut h, &mut std::io::sink())?;
+    Ok(h.digest())
+}
+
+fn join<T>(h: std::thread::ScopedJoinHandle<'_, std::io::Result<T>>) -> std::io::Result<T> {
+    h.join()
+        .unwrap_or_else(|_| Err(std::io::Error::other("a digest thread panicked")))
+}
+
+/// A reader that hashes what passes through it.
+struct Hashing<R> {
+    inner: R,
+    hasher: sha2::Sha256,
+    len: u64,
+}
+
+impl<R: Read> Hashing<R> {
+    fn new(inner: R) -> Self {
+        use sha2::Digest as _;
+        Hashing {
+            inner,
+            hasher: sha2::Sha256::new(),
+            len: 0,
+        }
+    }
+
+    fn digest(self) -> Digest {
+        use sha2::Digest as _;
+        (self.hasher.finalize().into(), self.len)
+    }
+}
+
+impl<R: Read> Read for Hashing<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        use sha2::Digest as _;
+        let n = self.inner.read(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.len += n as u64;
+        Ok(n)
+    }
+}
+
+/// With `--host-digests` the guest reported the trailer's claim for the
+/// decoded data and no digest of the archive: here the host's own digests
+/// take their place, and a decoded database that does not hash to the
+/// trailer's claim fails as the core's decoder would have failed it.
+fn settle_digests(
+    report: &mut Report,
+    stored: Option<Digest>,
+    plain: Option<Digest>,
+) -> Result<()> {
+    let (Some((stored_sha, stored_len)), Some((plain_sha, plain_len))) = (stored, plain) else {
+        return Err(anyhow!(
+            "the sandboxed verifier passed, but the host could not hash what it checked"
+        ));
+    };
+    if report.stored_len != Some(stored_len) {
+        return Err(anyhow!(
+            "the archive changed while it was verified ({} bytes read by the sandbox, {stored_len} by the host)",
+            report.stored_len.unwrap_or_default()
+        ));
+    }
+    report.stored_sha256 = Some(hex::encode(stored_sha));
+    let claimed = report.plain_sha256.take();
+    report.plain_sha256 = Some(hex::encode(plain_sha));
+    if claimed.as_deref() != report.plain_sha256.as_deref() || report.plain_len != Some(plain_len) {
+        report.ok = false;
+        report.error = Some(Failure {
+            stage: "decode".into(),
+            code: Some(cairn_core::ErrorCode::ChecksumMismatch.name().into()),
+            message: "the SHA-256 of the decoded data differs from the one in the trailer".into(),
+        });
+    }
+    Ok(())
+}
+
+/// Bytes held in the scratch directory, counting every entry (at 4 KiB
+/// each, walked into subdirectories); more than SCRATCH_ENTRIES entries
+/// count as unlimited. Symbolic links are not followed.
+fn scratch_usage(dir: &Path) -> u64 {
+    fn walk(dir: &Path, entries: &mut usize) -> u64 {
+        let Ok(list) = std::fs::read_dir(dir) else {
+            return 0;
+        };
+        let mut total = 0u64;
+        for e in list.flatten() {
+            *entries += 1;
+            if *entries > SCRATCH_ENTRIES {
+                return u64::MAX;
+            }
+            let Ok(meta) = e.metadata() else { continue };
+            let size = if meta.is_dir() {
+                walk(&e.path(), entries)
+            } else {
+                meta.len()
+            };
+            total = total.saturating_add(4096).saturating_add(size);
+        }
+        total
+    }
+    walk(dir, &mut 0)
 }
 
 impl Report {
@@ -276,5 +532,50 @@ impl Report {
             .into(),
             None => anyhow!("{}", f.message),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Report, settle_digests};
+
+    fn report(plain_sha: [u8; 32]) -> Report {
+        serde_json::from_value(serde_json::json!({
+            "ok": true,
+            "plain_len": 10,
+            "plain_sha256": hex::encode(plain_sha),
+            "stored_len": 20,
+            "digests_by_host": true,
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn the_hosts_digests_replace_the_claims_and_a_mismatch_fails_the_check() {
+        let mut r = report([1; 32]);
+        settle_digests(&mut r, Some(([2; 32], 20)), Some(([1; 32], 10))).unwrap();
+        assert!(r.ok && r.error.is_none());
+        assert_eq!(r.stored_sha256, Some(hex::encode([2; 32])));
+
+        // The decoded file does not hash to the trailer's claim: damage.
+        let mut r = report([1; 32]);
+        settle_digests(&mut r, Some(([2; 32], 20)), Some(([3; 32], 10))).unwrap();
+        assert!(!r.ok);
+        let f = r.error.unwrap();
+        assert_eq!(
+            (f.stage.as_str(), f.code.as_deref()),
+            ("decode", Some("checksum-mismatch"))
+        );
+        assert_eq!(r.plain_sha256, Some(hex::encode([3; 32])));
+
+        // Nothing to hash, or an archive that changed under the check.
+        let mut r = report([1; 32]);
+        assert!(settle_digests(&mut r, None, Some(([1; 32], 10))).is_err());
+        let mut r = report([1; 32]);
+        let e = settle_digests(&mut r, Some(([2; 32], 21)), Some(([1; 32], 10))).unwrap_err();
+        assert!(
+            e.to_string().contains("changed while it was verified"),
+            "{e}"
+        );
     }
 }

@@ -83,19 +83,23 @@ pub(crate) struct Checked {
     postgres: Option<PgChecked>,
 }
 
-/// Sandbox limits for a database of `plain` bytes: the image lives in the
-/// guest's memory, so the cap is its size plus room for the decoder, SQLite
-/// and a passphrase's Argon2id (at least 256 MiB; wasm32 stops at 4 GiB);
-/// the deadline allows a slow machine 60 s plus 60 s per GiB.
+/// Sandbox limits for a database of `plain` bytes: the guest decodes into
+/// a scratch file and SQLite reads it from there, so memory does not grow
+/// with the database: 256 MiB holds the decoder, SQLite's page cache and a
+/// passphrase's Argon2id. The deadline allows a slow machine 60 s plus 60 s
+/// per GiB.
 pub fn sandbox_limits(plain: u64, memory: Option<u64>, timeout: Option<Duration>) -> Limits {
-    const MIB: u64 = 1 << 20;
-    let sized = (plain.div_ceil(MIB) * MIB + 128 * MIB).clamp(256 * MIB, 4 << 30);
     Limits {
-        memory: memory.unwrap_or(sized) as usize,
+        memory: memory.map_or(Limits::default().memory, |m| m as usize),
         call_timeout: timeout
             .unwrap_or_else(|| Duration::from_secs(60 + 60 * plain.div_ceil(1 << 30))),
     }
 }
+
+/// The scratch directory may hold the database the catalog promises plus
+/// this much (a valid archive decodes to exactly that size, and the guest
+/// refuses to decode more; the host's watch holds whatever the guest does).
+const SCRATCH_SLACK: u64 = 1 << 20;
 
 pub fn run(storage: &Dest, opts: &VerifyOptions) -> Result<Vec<VerifyResult>> {
     let state = repo::require(storage)?;
@@ -235,6 +239,8 @@ pub(crate) fn check_sandboxed(
                 key: &opts.key,
                 expect_size: Some(entry.plain_size),
                 limits: sandbox_limits(entry.plain_size, opts.memory, opts.timeout),
+                temp_dir: &opts.temp_dir,
+                scratch_limit: entry.plain_size.saturating_add(SCRATCH_SLACK),
                 portable: !opts.host_crypto,
             })
             .map_err(|e| anyhow!("{object}: {e:#}"))?;
@@ -267,6 +273,8 @@ pub(crate) fn check_sandboxed_file(
         key: &opts.key,
         expect_size: Some(entry.plain_size),
         limits: sandbox_limits(entry.plain_size, opts.memory, opts.timeout),
+        temp_dir: &opts.temp_dir,
+        scratch_limit: entry.plain_size.saturating_add(SCRATCH_SLACK),
         portable: !opts.host_crypto,
     })
     .map_err(|e| anyhow!("{object}: {e:#}"))?;
@@ -296,6 +304,9 @@ fn judge(
     let report = report.into_result().map_err(|e| match stage.as_deref() {
         Some("sqlite") => unsound_error(e, object, dest),
         Some("decode") => archive_error(e, object, dest),
+        Some("size") => anyhow!(
+            "{object}: {e}; the object was replaced or is damaged, use another backup with --id (see `cairn list {dest}`)"
+        ),
         _ => anyhow!("{object}: {e}"),
     })?;
     let field = |v: Option<String>, what: &str| {

@@ -5,12 +5,20 @@ use cairn_core::{KeyMaterial, MasterKey};
 
 pub const USAGE: &str = "\
 usage:
-  cairn-wasi verify ARCHIVE [KEY] [--json] [--expect-size BYTES]
+  cairn-wasi verify ARCHIVE [KEY] [--json] [--expect-size BYTES] [--scratch DIR]
       decode ARCHIVE (a path inside a preopened directory), check every chunk
       and checksum, then PRAGMA integrity_check and foreign_key_check on the
       database inside this module; prints a report; exits 1 on any failure.
       ARCHIVE `-` reads the archive from stdin, after the key's line when
-      --key-stdin or --passphrase-stdin is given (no copy on disk needed)
+      --key-stdin or --passphrase-stdin is given (no copy on disk needed).
+      --scratch DIR: decode into a file in DIR (a writable preopened
+      directory; the file is removed afterwards) and let SQLite read it from
+      there, so memory stays small whatever the database's size; without it
+      the database is held in memory (wasm32: under 4 GiB).
+      --expect-size BYTES: the database's size; decoding to more fails.
+      --host-digests (with --scratch): for a host that computes both SHA-256
+      sums itself (cairn does, natively): report the trailer's claim instead
+      and keep the decoded file in DIR for the host to hash
   cairn-wasi decode [KEY] < ARCHIVE > DATABASE
       decode an archive from stdin to stdout, checking every chunk
 
@@ -36,6 +44,8 @@ pub enum Command {
         key: KeySource,
         json: bool,
         expect_size: Option<u64>,
+        scratch: Option<String>,
+        host_digests: bool,
     },
     Decode {
         key: KeySource,
@@ -48,6 +58,8 @@ pub fn parse(args: impl Iterator<Item = String>) -> Result<Command, String> {
     let mut key = KeySource::None;
     let mut json = false;
     let mut expect_size = None;
+    let mut scratch = None;
+    let mut host_digests = false;
     let mut archive = None;
     if matches!(sub.as_str(), "-h" | "--help" | "help") {
         return Ok(Command::Help);
@@ -71,6 +83,14 @@ pub fn parse(args: impl Iterator<Item = String>) -> Result<Command, String> {
                 );
                 None
             }
+            "--scratch" if sub == "verify" => {
+                scratch = Some(value("--scratch")?);
+                None
+            }
+            "--host-digests" if sub == "verify" => {
+                host_digests = true;
+                None
+            }
             // `-`: the archive streams in on stdin (after the key's line, if any).
             "-" if sub == "verify" && archive.is_none() => {
                 archive = Some(a.clone());
@@ -90,12 +110,19 @@ pub fn parse(args: impl Iterator<Item = String>) -> Result<Command, String> {
             key = k;
         }
     }
+    if host_digests && scratch.is_none() {
+        return Err(
+            "--host-digests needs --scratch (the host hashes the decoded file there)".into(),
+        );
+    }
     match sub.as_str() {
         "verify" => Ok(Command::Verify {
             archive: archive.ok_or("verify needs the path of an archive")?,
             key,
             json,
             expect_size,
+            scratch,
+            host_digests,
         }),
         "decode" => Ok(Command::Decode { key }),
         other => Err(format!("unknown command {other:?}")),

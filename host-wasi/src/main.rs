@@ -6,15 +6,18 @@
 //! contained by the runtime's sandbox.
 //!
 //!     wasmtime run --dir backups::/backup cairn-wasi.wasm verify /backup/snapshots/ID.db.gz
+//!     wasmtime run --dir backups::/backup --dir scratch::/scratch cairn-wasi.wasm verify /backup/snapshots/ID.db.gz --scratch /scratch
 //!     wasmtime run --dir backups::/backup cairn-wasi.wasm verify /backup/snapshots/ID.db.cairn --key-file /backup/key.txt
 //!     wasmtime run cairn-wasi.wasm decode < ID.db.gz > app.db
 
 mod args;
 mod checks;
+mod claim;
 #[cfg(all(feature = "host-crypto", target_arch = "wasm32"))]
 mod host_crypto;
 mod inspect;
 mod report;
+mod vfs;
 
 use std::io::{Read, Write};
 
@@ -85,9 +88,16 @@ fn main() {
             key,
             json,
             expect_size,
+            scratch,
+            host_digests,
         }) => {
+            let opts = inspect::Options {
+                expect_size,
+                scratch: scratch.as_deref(),
+                host_digests,
+            };
             let report = match key.load() {
-                Ok(key) => inspect::verify(&archive, key, expect_size, aead()),
+                Ok(key) => inspect::verify(&archive, key, opts, aead()),
                 Err(e) => Report::failed(&archive, "key", None, e),
             };
             report.print(json);

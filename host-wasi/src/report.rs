@@ -6,7 +6,8 @@ pub use crate::checks::Table;
 
 #[derive(Debug, Serialize)]
 pub struct Failure {
-    /// Where it failed: `key`, `read`, `decode` or `sqlite`.
+    /// Where it failed: `key`, `read`, `decode`, `size` (decodes to more
+    /// than --expect-size), `scratch` (the scratch file) or `sqlite`.
     pub stage: &'static str,
     /// For `decode`: the core's error code (`wrong-key`, `corrupt-chunk`, …).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -38,6 +39,10 @@ pub struct Report {
     pub stored_len: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub stored_sha256: Option<String>,
+    /// `--host-digests`: `plain_sha256` is the trailer's claim and
+    /// `stored_sha256` is absent; the host computes and compares both.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub digests_by_host: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub page_size: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
