@@ -115,7 +115,7 @@ fn scan_dir(
             .map(|f| {
                 let mut c = ReplicatorConfig::new(f.path.clone(), d.destinations.clone());
                 c.key = d.key.clone();
-                c.level = d.level;
+                c.level = Some(d.level);
                 c.temp_dir = temp_dir.map(Path::to_path_buf);
                 tune(&mut c, &d.tuning);
                 (format!("{}/{}", d.name, f.name), c)

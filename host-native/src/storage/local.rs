@@ -186,7 +186,13 @@ fn sweep_dir(dir: &Path, cutoff_ms: i64, removed: &mut usize) -> io::Result<()> 
     for e in rd {
         let e = e?;
         let name = e.file_name().to_string_lossy().into_owned();
-        let meta = e.metadata()?;
+        // A writer racing the sweep may rename its temp between the listing
+        // and this look: gone is fine, it is what a sweep wants anyway.
+        let meta = match e.metadata() {
+            Ok(m) => m,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        };
         if !meta.is_file() || !super::is_temp_name(&name) {
             continue;
         }
