@@ -189,9 +189,10 @@ def main():
           f"local directory, then {a.minutes} min of {a.rate:.0f} commits/s (insert ~1 KB + update a random row).")
     print("| op | s | peak RSS MiB | objects in replica | ratio vs cairn |")
     print("|---|---|---|---|---|")
-    ref = {("newest" in r["op"]): r["seconds"] for r in rows if r["tool"] == "cairn"}
+    kind = lambda op: ("newest" in op, "full" in op)  # noqa: E731  compare like with like
+    ref = {kind(r["op"]): r["seconds"] for r in rows if r["tool"] == "cairn"}
     for r in rows:
-        base = ref.get("newest" in r["op"])
+        base = ref.get(kind(r["op"]))
         ratio = f"{r['seconds'] / base:.2f}" if base else "-"
         print(f"| {r['op']} | {r['seconds']:.2f} | {r['rss_mib']:.0f} | {r['objects_in_replica']} | {ratio} |")
     by = {r["op"]: r["seconds"] for r in rows}
