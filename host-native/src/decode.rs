@@ -14,7 +14,8 @@ use crate::progress::Progress;
 use crate::sandbox::Limits;
 
 /// Decodes `input` into `out`. With `EngineKind::Wasm` every byte of the
-/// archive is parsed inside the sandbox, under `limits`.
+/// archive is parsed inside the sandbox, under `limits`. `digest_stored`:
+/// see [`pipeline::decode_native`] (the sandbox always hashes them).
 pub fn decode(
     engine: EngineKind,
     input: impl Read + Send,
@@ -22,9 +23,10 @@ pub fn decode(
     out: impl Write,
     progress: &Progress,
     limits: Limits,
+    digest_stored: bool,
 ) -> Result<Decoded> {
     match engine {
-        EngineKind::Native => pipeline::decode_native(input, key, out, progress),
+        EngineKind::Native => pipeline::decode_native(input, key, out, progress, digest_stored),
         EngineKind::Wasm => decode_sandboxed(input, key, out, progress, limits),
     }
 }
@@ -59,7 +61,7 @@ fn decode_sandboxed(
         plain_len: s.plain_len,
         plain_sha256: sha256_array(&s.plain_sha256)?,
         stored_len,
-        stored_sha256: stored.finalize().into(),
+        stored_sha256: Some(stored.finalize().into()),
         header: prefix.header(),
     })
 }
@@ -163,11 +165,22 @@ fn header_mismatch(h: &Metadata, e: &Entry) -> Option<(&'static str, String, Str
     fields.into_iter().find(|(_, a, b)| a != b)
 }
 
+/// Whether a decode for `e` must hash the stored bytes: only when the
+/// entry lacks the plaintext's SHA-256 (entries of early v1 catalogs).
+pub fn needs_stored_digest(e: &Entry) -> bool {
+    e.plain_sha256.is_none()
+}
+
 /// A decoded archive must be the very object its catalog entry describes.
 pub fn check_against_catalog(d: &Decoded, e: &Entry, object: &str) -> Result<()> {
     let mismatch = if d.archive_id != e.archive_id {
         Some("archive id")
-    } else if d.stored_len != e.stored_size || hex::encode(d.stored_sha256) != e.stored_sha256 {
+    } else if d.stored_len != e.stored_size
+        // Not hashed: only when the plaintext digest stands in for it.
+        || d.stored_sha256.map_or(e.plain_sha256.is_none(), |h| {
+            hex::encode(h) != e.stored_sha256
+        })
+    {
         Some("stored size or SHA-256")
     } else if d.plain_len != e.plain_size
         || e.plain_sha256

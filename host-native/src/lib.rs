@@ -15,6 +15,7 @@ pub mod backup;
 pub mod cli;
 pub mod daemon;
 pub mod decode;
+pub mod direct;
 pub mod engine;
 pub mod hints;
 pub mod keys;

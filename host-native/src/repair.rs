@@ -161,14 +161,19 @@ fn describe_archive(dest: &Dest, object: &str, key: &KeyMaterial) -> Result<Entr
     let input = dest
         .reader(object)
         .with_context(|| format!("cannot read {what}"))?;
-    let decoded = pipeline::decode_native(input, key, std::io::sink(), &Progress::hidden())
+    let decoded = pipeline::decode_native(input, key, std::io::sink(), &Progress::hidden(), true)
         .map_err(|e| crate::hints::archive_error(e, &what, &dest.describe("")))?;
     Ok(Entry::for_snapshot(
         id,
         object.to_string(),
         &meta,
         (decoded.plain_len, decoded.plain_sha256),
-        (decoded.stored_len, decoded.stored_sha256),
+        (
+            decoded.stored_len,
+            decoded
+                .stored_sha256
+                .ok_or_else(|| anyhow!("{what}: its digest was not computed"))?,
+        ),
     ))
 }
 

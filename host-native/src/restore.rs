@@ -13,7 +13,7 @@ use anyhow::{Context, Result, anyhow, bail};
 use cairn_core::KeyMaterial;
 use serde::Serialize;
 
-use crate::decode::{check_against_catalog, decode};
+use crate::decode::{check_against_catalog, decode, needs_stored_digest};
 use crate::engine::EngineKind;
 use crate::hints::archive_error;
 use crate::progress::Progress;
@@ -31,9 +31,14 @@ pub enum CheckMode {
     /// Always.
     Full,
     /// Not here: the caller changes the file and checks the result once
-    /// (a replica restore applies segments to the snapshot first).
+    /// (a replica restore applies segments to the snapshot first), unless
+    /// these bytes have a recorded pass.
     #[value(skip)]
     Deferred,
+    /// Not here, and the caller checks the result whatever is recorded
+    /// (a replica restore with `--check full`).
+    #[value(skip)]
+    DeferredFull,
 }
 
 pub struct RestoreOptions {
@@ -144,6 +149,17 @@ pub fn run(storage: &Dest, opts: &RestoreOptions) -> Result<RestoreReport> {
         .tempfile_in(&dir)
         .map_err(|e| target_error(&e, out, &dir))?;
 
+    // The bytes will be proven to be the entry's (the trailer's plaintext
+    // sum, checked against the entry's): a recorded pass on them is a pass
+    // on this file.
+    let recorded = state
+        .integrity_checked(&entry)
+        .filter(|_| opts.check != CheckMode::Full && opts.verify_sandboxed.is_none());
+    // Past the page cache only when nothing reads the file back before its
+    // rename: integrity_check would read every page again.
+    let direct = (recorded.is_some() && opts.check != CheckMode::DeferredFull)
+        .then(|| crate::direct::DirectWriter::open(tmp.path(), tmp.as_file()))
+        .flatten();
     let progress = Progress::bytes(opts.progress, entry.plain_size, "restore");
     let failed_write = WriteFailure::default();
     let writer = BufWriter::with_capacity(
@@ -153,6 +169,7 @@ pub fn run(storage: &Dest, opts: &RestoreOptions) -> Result<RestoreReport> {
             failure: failed_write.clone(),
             written: 0,
             writeback: crate::writeback::Writeback::default(),
+            direct,
         },
     );
     let decoded = decode(
@@ -162,6 +179,7 @@ pub fn run(storage: &Dest, opts: &RestoreOptions) -> Result<RestoreReport> {
         writer,
         &progress,
         opts.limits,
+        needs_stored_digest(&entry),
     )
     .map_err(|e| match failed_write.take() {
         // The target's disk failed, not the archive.
@@ -177,16 +195,11 @@ pub fn run(storage: &Dest, opts: &RestoreOptions) -> Result<RestoreReport> {
     // integrity_check; a pg_dump file or SQL text is written as it is (its
     // sums were checked), for pg_restore or psql.
     let kind = sniff_file(tmp.path())?;
-    // The bytes were just proven to be the entry's (stored SHA-256, and the
-    // trailer's plaintext sum): a recorded pass on them is a pass on this file.
-    let recorded = state
-        .integrity_checked(&entry)
-        .filter(|_| opts.check != CheckMode::Full && opts.verify_sandboxed.is_none());
     let mut integrity_check = None;
     if kind == cairn_core::Kind::Sqlite {
         if recorded.is_some() {
             integrity_check = Some("recorded");
-        } else if opts.check == CheckMode::Deferred {
+        } else if matches!(opts.check, CheckMode::Deferred | CheckMode::DeferredFull) {
             integrity_check = Some("deferred");
         } else {
             snapshot::integrity_check(tmp.path()).map_err(|e| {
@@ -260,6 +273,8 @@ struct Tracked<'a> {
     failure: WriteFailure,
     written: u64,
     writeback: crate::writeback::Writeback,
+    /// Set when the bytes go past the page cache (see `direct.rs`).
+    direct: Option<crate::direct::DirectWriter>,
 }
 
 impl Tracked<'_> {
@@ -278,16 +293,30 @@ impl Tracked<'_> {
 
 impl Write for Tracked<'_> {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let mut f = self.file;
-        let n = f.write(buf).map_err(|e| self.keep(e))?;
+        let n = match self.direct.as_mut() {
+            Some(d) => d.write(buf),
+            None => {
+                let mut f = self.file;
+                f.write(buf)
+            }
+        }
+        .map_err(|e| self.keep(e))?;
         self.written += n as u64;
-        self.writeback.advance(self.file, self.written);
+        if self.direct.is_none() {
+            self.writeback.advance(self.file, self.written);
+        }
         Ok(n)
     }
 
     fn flush(&mut self) -> std::io::Result<()> {
-        let mut f = self.file;
-        f.flush().map_err(|e| self.keep(e))
+        match self.direct.as_mut() {
+            Some(d) => d.flush(),
+            None => {
+                let mut f = self.file;
+                f.flush()
+            }
+        }
+        .map_err(|e| self.keep(e))
     }
 }
 
@@ -395,6 +424,7 @@ pub fn run_to_postgres(storage: &Dest, opts: &PgRestoreOptions) -> Result<Restor
         &mut sink,
         &progress,
         opts.limits,
+        needs_stored_digest(&entry),
     )
     .map_err(|e| archive_error(e, &object, &dest))
     .and_then(|d| check_against_catalog(&d, &entry, &object).map(|()| d));

@@ -321,7 +321,7 @@ fn judge(
         plain_len: report.plain_len.unwrap_or_default(),
         plain_sha256: hash(report.plain_sha256, "the database digest")?,
         stored_len: report.stored_len.unwrap_or_default(),
-        stored_sha256: hash(report.stored_sha256, "the archive digest")?,
+        stored_sha256: Some(hash(report.stored_sha256, "the archive digest")?),
         header,
     };
     check_against_catalog(&decoded, entry, object)?;
@@ -367,7 +367,7 @@ fn check_postgres(
     };
     let mut sink = ListSink::new();
     let progress = Progress::bytes(opts.progress, entry.plain_size, "verify");
-    let decoded = decode(engine, input, &opts.key, &mut sink, &progress, limits);
+    let decoded = decode(engine, input, &opts.key, &mut sink, &progress, limits, true);
     progress.finish();
     let decoded = match decoded {
         Ok(d) => d,
@@ -414,6 +414,7 @@ fn check_native(storage: &Dest, entry: &Entry, opts: &VerifyOptions) -> Result<C
         BufWriter::with_capacity(1 << 20, tmp.as_file()),
         &progress,
         Limits::default(),
+        true,
     )
     .map_err(|e| archive_error(e, &object, &storage.describe("")))?;
     progress.finish();

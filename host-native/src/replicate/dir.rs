@@ -11,7 +11,6 @@
 //! daemon's. [`scan`] is also what the daemon's `[[directories]]` use.
 
 use std::collections::BTreeMap;
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -65,13 +64,14 @@ pub struct Found {
     pub kind: Kind,
 }
 
-/// Reads the header: bytes 18 and 19 are 2 in WAL mode.
+/// Reads the header: bytes 18 and 19 are 2 in WAL mode. Through SQLite's
+/// file handle, as every read of a database this process may be replicating
+/// (see `sources::sqlite::read_head`).
 pub fn kind_of(path: &Path) -> Kind {
-    let mut h = [0u8; 100];
-    let Ok(mut f) = std::fs::File::open(path) else {
+    let Ok(h) = crate::sources::sqlite::read_head(path) else {
         return Kind::Other;
     };
-    if f.read_exact(&mut h).is_err() || !h.starts_with(b"SQLite format 3\0") {
+    if h.len() < 100 || !h.starts_with(b"SQLite format 3\0") {
         return Kind::Other;
     }
     if h[18] == 2 && h[19] == 2 {

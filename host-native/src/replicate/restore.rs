@@ -7,6 +7,7 @@
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::mpsc::{Receiver, sync_channel};
 use std::time::Instant;
 
 use anyhow::{Context, Result, anyhow, bail};
@@ -188,7 +189,7 @@ fn restore_generation(
     // With a target, the route goes no further than the txid bound; a time
     // target becomes one once a segment is seen to pass it (below).
     let mut bound = opts.txid;
-    let mut keys: Vec<String> = route(&segs, g.first_txid, bound)
+    let keys: Vec<String> = route(&segs, g.first_txid, bound)
         .into_iter()
         .map(|i| lite[i].0.clone())
         .collect();
@@ -220,66 +221,73 @@ fn restore_generation(
     crate::storage::sweep_dead_temps_of(&dir, &format!(".{name}"));
     let tmp = dir.join(crate::storage::temp_name(&name));
     let guard = Cleanup(tmp.clone());
-    // The snapshot's own check is deferred to the one on the result: a
-    // second integrity_check of the same pages would double the cost.
-    let snap = crate::restore::run(
-        dest,
-        &crate::restore::RestoreOptions {
-            id: Some(g.snapshot.clone()),
-            db: None,
-            output: tmp.clone(),
-            force: true,
-            if_db_not_exists: false,
-            check: crate::restore::CheckMode::Deferred,
-            key: opts.key.clone(),
-            engine: crate::engine::EngineKind::Native,
-            limits: crate::sandbox::Limits::default(),
-            verify_sandboxed: None,
-            progress: false,
-        },
-    )
-    .with_context(|| format!("generation {}: its snapshot {}", g.id, g.snapshot))?;
+    std::thread::scope(|scope| -> Result<Option<ReplicaRestoreReport>> {
+        // The segments are downloaded and opened on their own thread while
+        // the snapshot restores: both are mostly waiting on the store and
+        // decoding, and the restore then only applies pages.
+        let mut segments = prefetch(scope, dest, keys, opts.key.clone());
+        // The snapshot's own check is deferred to the one on the result: a
+        // second integrity_check of the same pages would double the cost.
+        let snap = crate::restore::run(
+            dest,
+            &crate::restore::RestoreOptions {
+                id: Some(g.snapshot.clone()),
+                db: None,
+                output: tmp.clone(),
+                force: true,
+                if_db_not_exists: false,
+                check: if opts.check == crate::restore::CheckMode::Full {
+                    crate::restore::CheckMode::DeferredFull
+                } else {
+                    crate::restore::CheckMode::Deferred
+                },
+                key: opts.key.clone(),
+                engine: crate::engine::EngineKind::Native,
+                limits: crate::sandbox::Limits::default(),
+                verify_sandboxed: None,
+                progress: false,
+            },
+        )
+        .with_context(|| format!("generation {}: its snapshot {}", g.id, g.snapshot))?;
 
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(&tmp)
-        .with_context(|| format!("cannot open {}", tmp.display()))?;
-    let mut applier = Applier::new(&g.id, g.page_size, g.first_txid);
-    let ps = u64::from(g.page_size);
-    // The highest page anything wrote: the snapshot's last, then every
-    // segment's. SQLite writes each page it adds to a database, so an honest
-    // segment never declares a size past it (one page of slack: SQLite skips
-    // the lock-byte page). A forged one declaring billions of pages would
-    // otherwise make the temp file terabytes long (sparse, but still).
-    let mut high_page = file_len(&tmp)? / ps;
-    let mut applied = 0;
-    let base_reached = |a: &Applier| a.next_txid > g.base_txid;
-    let mut keyring = Keys::new(opts.key.clone());
-    'route: loop {
-        // Set when a segment passes the time target: finer segments may
-        // still reach into it, so plan again up to just before its end.
-        let mut replan = None;
-        'batches: for batch in keys.chunks(32) {
-            for (k, bytes) in batch.iter().zip(fetch(dest, batch)?) {
-                let seg = Segment::open_with(&bytes, k, &mut keyring)
-                    .map_err(|e| anyhow!("{}: {e}", dest.describe(k)))?;
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&tmp)
+            .with_context(|| format!("cannot open {}", tmp.display()))?;
+        let mut applier = Applier::new(&g.id, g.page_size, g.first_txid);
+        let ps = u64::from(g.page_size);
+        // The highest page anything wrote: the snapshot's last, then every
+        // segment's. SQLite writes each page it adds to a database, so an
+        // honest segment never declares a size past it (one page of slack:
+        // SQLite skips the lock-byte page). A forged one declaring billions
+        // of pages would otherwise make the temp file terabytes long
+        // (sparse, but still).
+        let mut high_page = file.metadata()?.len() / ps;
+        let mut applied = 0;
+        let base_reached = |a: &Applier| a.next_txid > g.base_txid;
+        'route: loop {
+            // Set when a segment passes the time target: finer segments may
+            // still reach into it, so plan again up to just before its end.
+            let mut replan = None;
+            for (k, seg) in segments.iter() {
+                let seg = seg?;
                 if opts.timestamp_ms.is_some_and(|t| seg.info.time_ms > t) {
                     if seg.info.max_txid > seg.info.min_txid {
                         replan = Some(seg.info.max_txid - 1);
                     }
-                    break 'batches;
+                    break;
                 }
                 applier
                     .accept(&seg)
-                    .map_err(|e| anyhow!("{}: {e}", dest.describe(k)))?;
+                    .map_err(|e| anyhow!("{}: {e}", dest.describe(&k)))?;
                 if let Some((&top, _)) = seg.pages.last_key_value() {
                     high_page = high_page.max(u64::from(top));
                 }
                 if u64::from(seg.info.db_pages) > high_page + 1 {
                     bail!(
                         "{}: the segment says the database has {} pages, but nothing wrote past page {high_page}: the replica is damaged or forged; nothing was written to {}",
-                        dest.describe(k),
+                        dest.describe(&k),
                         seg.info.db_pages,
                         out.display()
                     );
@@ -296,80 +304,111 @@ fn restore_generation(
                 }
                 applied += 1;
             }
+            let Some(b) = replan else { break 'route };
+            bound = Some(bound.map_or(b, |x| x.min(b)));
+            let keys: Vec<String> = route(&segs, applier.next_txid, bound)
+                .into_iter()
+                .map(|i| lite[i].0.clone())
+                .collect();
+            if keys.is_empty() {
+                break 'route;
+            }
+            // Dropping the old receiver stops its thread.
+            segments = prefetch(scope, dest, keys, opts.key.clone());
         }
-        let Some(b) = replan else { break 'route };
-        bound = Some(bound.map_or(b, |x| x.min(b)));
-        keys = route(&segs, applier.next_txid, bound)
-            .into_iter()
-            .map(|i| lite[i].0.clone())
-            .collect();
-        if keys.is_empty() {
-            break 'route;
+        if !base_reached(&applier) {
+            if opts.txid.is_some() || opts.timestamp_ms.is_some() {
+                return Ok(None);
+            }
+            bail!(
+                "generation {} in {} has segments only up to transaction {}, short of its snapshot's {}",
+                g.id,
+                dest.describe(""),
+                applier.next_txid - 1,
+                g.base_txid
+            );
         }
-    }
-    if !base_reached(&applier) {
-        if opts.txid.is_some() || opts.timestamp_ms.is_some() {
-            return Ok(None);
-        }
-        bail!(
-            "generation {} in {} has segments only up to transaction {}, short of its snapshot's {}",
-            g.id,
-            dest.describe(""),
-            applier.next_txid - 1,
-            g.base_txid
-        );
-    }
-    file.sync_all()
-        .with_context(|| format!("cannot write {}", tmp.display()))?;
-    let size = file.metadata()?.len();
-    drop(file);
-    // The snapshot's bytes are proven by their SHA-256 to be ones that
-    // passed integrity_check (recorded by the replicator's background check
-    // or a verify), and every page applied since is one SQLite committed,
-    // proven by the WAL checksums when read and the segment's sums when
-    // applied: the result is a state the checked database went through.
-    let recorded =
-        opts.check == crate::restore::CheckMode::Auto && snap.integrity_check == Some("recorded");
-    if !recorded {
-        crate::snapshot::integrity_check(&tmp).map_err(|e| {
+        file.sync_all()
+            .with_context(|| format!("cannot write {}", tmp.display()))?;
+        let size = file.metadata()?.len();
+        drop(file);
+        // The snapshot's bytes are proven by their SHA-256 to be ones that
+        // passed integrity_check (recorded by the replicator's background check
+        // or a verify), and every page applied since is one SQLite committed,
+        // proven by the WAL checksums when read and the segment's sums when
+        // applied: the result is a state the checked database went through.
+        let recorded = opts.check == crate::restore::CheckMode::Auto
+            && snap.integrity_check == Some("recorded");
+        if !recorded {
+            crate::snapshot::integrity_check(&tmp).map_err(|e| {
             anyhow!(
                 "the database restored from generation {} is not sound: {e:#}; nothing was written to {}",
                 g.id,
                 out.display()
             )
         })?;
-    }
-    if opts.force {
-        for suffix in ["-wal", "-shm", "-journal"] {
-            let side = PathBuf::from(format!("{}{suffix}", out.display()));
-            if side.exists() {
-                std::fs::remove_file(&side)
-                    .with_context(|| format!("cannot remove {}", side.display()))?;
+        }
+        if opts.force {
+            for suffix in ["-wal", "-shm", "-journal"] {
+                let side = PathBuf::from(format!("{}{suffix}", out.display()));
+                if side.exists() {
+                    std::fs::remove_file(&side)
+                        .with_context(|| format!("cannot remove {}", side.display()))?;
+                }
             }
         }
-    }
-    std::fs::rename(&tmp, out)
-        .with_context(|| format!("cannot move the restored database to {}", out.display()))?;
-    std::mem::forget(guard);
-    File::open(&dir).and_then(|d| d.sync_all()).ok();
-    Ok(Some(ReplicaRestoreReport {
-        output: out.display().to_string(),
-        restored: true,
-        generation: Some(g.id.clone()),
-        snapshot: Some(g.snapshot.clone()),
-        txid: Some(applier.next_txid - 1),
-        time_ms: applier.last_time_ms,
-        segments: applied,
-        size,
-        integrity_check: Some(if recorded { "recorded" } else { "ran" }),
-        seconds: 0.0,
-    }))
+        std::fs::rename(&tmp, out)
+            .with_context(|| format!("cannot move the restored database to {}", out.display()))?;
+        std::mem::forget(guard);
+        File::open(&dir).and_then(|d| d.sync_all()).ok();
+        Ok(Some(ReplicaRestoreReport {
+            output: out.display().to_string(),
+            restored: true,
+            generation: Some(g.id.clone()),
+            snapshot: Some(g.snapshot.clone()),
+            txid: Some(applier.next_txid - 1),
+            time_ms: applier.last_time_ms,
+            segments: applied,
+            size,
+            integrity_check: Some(if recorded { "recorded" } else { "ran" }),
+            seconds: 0.0,
+        }))
+    })
 }
 
-fn file_len(p: &Path) -> Result<u64> {
-    Ok(std::fs::metadata(p)
-        .with_context(|| format!("cannot read {}", p.display()))?
-        .len())
+/// Segments to apply in order: downloaded a few at a time in parallel and
+/// opened (decrypted, decompressed, every sum checked) on a thread of
+/// their own, one opened segment waiting: merged segments decode to tens of
+/// MiB of pages, so memory is bounded by a handful of them. Dropping the
+/// receiver stops the thread at its next segment.
+fn prefetch<'s>(
+    scope: &'s std::thread::Scope<'s, '_>,
+    dest: &'s Dest,
+    keys: Vec<String>,
+    key: KeyMaterial,
+) -> Receiver<(String, Result<Segment>)> {
+    let (tx, rx) = sync_channel(1);
+    scope.spawn(move || {
+        let mut keyring = Keys::new(key);
+        for batch in keys.chunks(4) {
+            let fetched = match fetch(dest, batch) {
+                Ok(f) => f,
+                Err(e) => {
+                    let _ = tx.send((batch[0].clone(), Err(e)));
+                    return;
+                }
+            };
+            for (k, bytes) in batch.iter().zip(fetched) {
+                let seg = Segment::open_with(&bytes, k, &mut keyring)
+                    .map_err(|e| anyhow!("{}: {e}", dest.describe(k)));
+                let failed = seg.is_err();
+                if tx.send((k.clone(), seg)).is_err() || failed {
+                    return;
+                }
+            }
+        }
+    });
+    rx
 }
 
 /// Removes the temp file unless the restore got to its rename.

@@ -141,7 +141,6 @@ impl Snapshot {
 
 /// Refuses anything that is not a SQLite database, naming what it is.
 pub fn check_is_sqlite(db: &Path) -> Result<()> {
-    use std::io::Read;
     let meta = std::fs::metadata(db).map_err(|e| match e.kind() {
         std::io::ErrorKind::NotFound => {
             anyhow!("database {} not found: check the path", db.display())
@@ -154,18 +153,13 @@ pub fn check_is_sqlite(db: &Path) -> Result<()> {
             db.display()
         );
     }
-    let mut head = [0u8; 100];
-    let mut f = std::fs::File::open(db)
-        .with_context(|| format!("cannot open database {}", db.display()))?;
-    let n = f
-        .read(&mut head)
-        .with_context(|| format!("cannot read database {}", db.display()))?;
-    if n == 0 {
+    let head = read_head(db).with_context(|| format!("cannot read database {}", db.display()))?;
+    if head.is_empty() {
         // SQLite itself (and Python's `sqlite3.connect`) makes a new
         // database as an empty file: it is a valid database with no tables.
         return Ok(());
     }
-    let kind = cairn_core::sniff(&head[..n]);
+    let kind = cairn_core::sniff(&head);
     if kind != cairn_core::Kind::Sqlite {
         bail!(
             "{} is not a SQLite database (it looks like {}): check the path",
@@ -174,6 +168,31 @@ pub fn check_is_sqlite(db: &Path) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// The first 100 bytes of `db` (fewer if it is shorter: the database
+/// header), read through SQLite's own file handle.
+///
+/// Why not `File::open`: POSIX record locks belong to the process, and
+/// closing *any* descriptor of a file drops every lock the process holds on
+/// it, SQLite's included. A replicator holding its read transaction (or an
+/// app embedding cairn) would lose its SHARED lock on the database without
+/// knowing; the application's last connection then finds itself alone when
+/// it closes, checkpoints the whole WAL and deletes it under the reader
+/// (seen: every `sqlite3.connect(...).close()` of an app forced a new
+/// generation and a full snapshot). SQLite's unix VFS keeps a descriptor
+/// open while other connections of the process hold locks on the file.
+pub fn read_head(db: &Path) -> Result<Vec<u8>> {
+    use std::io::Read;
+    let conn = Connection::open_with_flags(
+        db,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    let size = PinnedReader::new(&conn, 0)?.file_size()?;
+    let mut r = PinnedReader::new(&conn, size.min(100))?;
+    let mut head = Vec::with_capacity(100);
+    r.read_to_end(&mut head)?;
+    Ok(head)
 }
 
 fn is_disk_full(e: &rusqlite::Error) -> bool {

@@ -330,6 +330,39 @@ fn a_replaced_database_starts_a_new_generation() {
     assert_eq!(count_rows(&s.path("r.db")), 42);
 }
 
+/// An application that opens its database, writes and closes it again (a
+/// script, a request handler) must not force a new generation: the
+/// replicator's read transaction holds a SHARED lock, so the app's last
+/// close cannot checkpoint the WAL away and delete it. cairn once read the
+/// database header with a descriptor of its own; closing it dropped every
+/// POSIX lock the process held on the file, SQLite's too, and from then on
+/// each close of the app deleted the WAL under the replicator, which then
+/// shipped a full snapshot as a new generation.
+#[test]
+fn an_app_closing_its_database_keeps_the_generation() {
+    let s = Scratch::new();
+    let db = s.make_db("app.db", 30);
+    let rep = Replicator::start(&s, "app.db", "replica", &[], &[]);
+    wait_for_generations(&s, "replica", 1, &[]);
+    for round in 0..3 {
+        let c = Connection::open(&db).unwrap();
+        c.busy_timeout(Duration::from_secs(5)).unwrap();
+        insert_rows(&c, 100 + round * 10, 10);
+        drop(c);
+        assert!(
+            s.path("app.db-wal").exists(),
+            "the app's close deleted the WAL under the replicator (round {round})"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let r = rep.stop().ok();
+    assert!(!r.stderr.contains("emptied or removed"), "{}", r.stderr);
+    let gens = generations(&s, "replica", &[]);
+    assert_eq!(gens.len(), 1, "{gens:?}");
+    s.run(&["restore", "replica", "-o", "r.db"]).ok();
+    assert_eq!(count_rows(&s.path("r.db")), 60);
+}
+
 #[test]
 fn replicate_refuses_a_database_not_in_wal_mode() {
     let s = Scratch::new();
