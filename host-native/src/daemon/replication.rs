@@ -128,7 +128,8 @@ fn scan_dir(
 /// Whether `name` is a directory's database whose file is gone (or no
 /// longer a WAL-mode database): its replicator ending is a stop.
 fn removed(name: &str, c: &ReplicatorConfig) -> bool {
-    name.contains('/') && crate::replicate::dir::kind_of(&c.source) != crate::replicate::dir::Kind::Wal
+    name.contains('/')
+        && crate::replicate::dir::kind_of(&c.source) != crate::replicate::dir::Kind::Wal
 }
 
 /// What the replicator of `db` runs with (`None`: it does not replicate).

@@ -192,10 +192,7 @@ fn directory_status(
         .databases
         .iter()
         .filter(|(k, v)| {
-            k.starts_with(&prefix)
-                && v.replication
-                    .as_ref()
-                    .is_some_and(|r| r.status.is_live())
+            k.starts_with(&prefix) && v.replication.as_ref().is_some_and(|r| r.status.is_live())
         })
         .map(|(k, _)| k[prefix.len()..].to_string())
         .collect();
@@ -237,8 +234,7 @@ fn status(cfg: &Config, st: &state::State, rt: &tokio::runtime::Runtime) -> Vec<
         .map(|db| {
             let s = st.databases.get(&db.name).cloned().unwrap_or_default();
             let next = db.schedule.next_due(s.last_start_ms, now);
-            let destinations =
-                dest_status(&db.source.catalog_name(), &db.destinations, &s, rt);
+            let destinations = dest_status(&db.source.catalog_name(), &db.destinations, &s, rt);
             DbStatus {
                 directory: None,
                 database: db.name.clone(),

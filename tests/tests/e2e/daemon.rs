@@ -1822,10 +1822,16 @@ fn a_directories_entry_replicates_databases_as_they_come_and_go() {
     );
     assert!(b_st["replication"]["generation"].is_string(), "{b_st}");
     assert_eq!(b_st["destinations"][0]["error"], serde_json::Value::Null);
-    assert!(b_st["destinations"][0]["newest"]["id"].is_string(), "{b_st}");
+    assert!(
+        b_st["destinations"][0]["newest"]["id"].is_string(),
+        "{b_st}"
+    );
     let text = s.run(&["status", "-c", "cairn.toml"]).ok().stdout;
     assert!(text.contains("tenants/a.db  ("), "{text}");
-    assert!(text.contains("replication:   running, generation"), "{text}");
+    assert!(
+        text.contains("replication:   running, generation"),
+        "{text}"
+    );
     std::thread::sleep(Duration::from_millis(300));
     for f in ["a.db", "a.db-wal", "a.db-shm"] {
         let _ = std::fs::remove_file(s.path(&format!("dbs/{f}")));

@@ -369,7 +369,13 @@ fn a_replica_mixing_gzip_and_zstd_segments_restores() {
             std::thread::sleep(Duration::from_millis(60));
         }
     };
-    let rep = Replicator::start(&s, "app.db", "r", &["--codec", "gzip", "--compact", "off"], &[]);
+    let rep = Replicator::start(
+        &s,
+        "app.db",
+        "r",
+        &["--codec", "gzip", "--compact", "off"],
+        &[],
+    );
     wait_for_generations(&s, "r", 1, &[]);
     write(1000);
     std::thread::sleep(Duration::from_millis(300));
@@ -383,11 +389,21 @@ fn a_replica_mixing_gzip_and_zstd_segments_restores() {
         "{old:?}"
     );
     let gen1 = old[0]["generation"].as_str().unwrap().to_string();
-    let end1 = old.iter().map(|x| x["max_txid"].as_u64().unwrap()).max().unwrap();
+    let end1 = old
+        .iter()
+        .map(|x| x["max_txid"].as_u64().unwrap())
+        .max()
+        .unwrap();
 
     // The default now: zstd segments and snapshot; compaction merges the
     // first generation's gzip segments into a zstd one beside them.
-    let rep = Replicator::start(&s, "app.db", "r", &["--compact", "1s", "--keep-compacted", "1h"], &[]);
+    let rep = Replicator::start(
+        &s,
+        "app.db",
+        "r",
+        &["--compact", "1s", "--keep-compacted", "1h"],
+        &[],
+    );
     wait_for_generations(&s, "r", 2, &[]);
     write(5000);
     let t0 = Instant::now();
@@ -407,7 +423,10 @@ fn a_replica_mixing_gzip_and_zstd_segments_restores() {
     rep.stop().ok();
     drop(c);
     let all = segment_list(&s, "r");
-    let gen2: Vec<_> = all.iter().filter(|x| x["generation"] != gen1.as_str()).collect();
+    let gen2: Vec<_> = all
+        .iter()
+        .filter(|x| x["generation"] != gen1.as_str())
+        .collect();
     assert!(!gen2.is_empty(), "{all:?}");
     assert!(
         gen2.iter()
@@ -416,11 +435,14 @@ fn a_replica_mixing_gzip_and_zstd_segments_restores() {
     );
     assert!(
         all.iter()
-            .any(|x| x["generation"] == gen1.as_str() && x["key"].as_str().unwrap().ends_with(".seg.gz")),
+            .any(|x| x["generation"] == gen1.as_str()
+                && x["key"].as_str().unwrap().ends_with(".seg.gz")),
         "{all:?}"
     );
     assert!(
-        s.files("r/snapshots").iter().any(|f| f.ends_with(".db.zst"))
+        s.files("r/snapshots")
+            .iter()
+            .any(|f| f.ends_with(".db.zst"))
             && s.files("r/snapshots").iter().any(|f| f.ends_with(".db.gz")),
         "{:?}",
         s.files("r/snapshots")
@@ -444,7 +466,15 @@ fn a_replica_mixing_gzip_and_zstd_segments_restores() {
     let mid = old[0]["max_txid"].as_u64().unwrap();
     if mid < end1 {
         let r = s
-            .run(&["restore", "r", "-o", "mid.db", "--txid", &mid.to_string(), "--json"])
+            .run(&[
+                "restore",
+                "r",
+                "-o",
+                "mid.db",
+                "--txid",
+                &mid.to_string(),
+                "--json",
+            ])
             .ok();
         let v: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
         assert_eq!(v["txid"].as_u64(), Some(mid), "{v}");
