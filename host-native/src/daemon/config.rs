@@ -108,6 +108,11 @@ pub struct Database {
     pub replicate: bool,
     /// The replicator's settings given here (the rest: `cairn replicate`'s defaults).
     pub tuning: Tuning,
+    /// The replicator's codec and level: `codec` and `level` as given
+    /// (`level` alone: with the backups' codec, which it was checked
+    /// against); neither: the replicator's default (zstd, §13.3).
+    pub replica_codec: Option<crate::backup::Codec>,
+    pub replica_level: Option<u8>,
 }
 
 /// A replicator's settings a `[[databases]]` (with `replicate = true`) or
@@ -132,7 +137,10 @@ pub struct Directory {
     pub pattern: String,
     pub scan_interval: Duration,
     pub destinations: Vec<String>,
-    pub level: u8,
+    /// `codec` and `level` as given; unset: the replicator's defaults
+    /// (zstd-3, zstd-19 for small segments).
+    pub codec: Option<crate::backup::Codec>,
+    pub level: Option<u8>,
     pub key: KeyArgs,
     pub notify: Vec<String>,
     pub tuning: Tuning,
@@ -735,18 +743,7 @@ fn database(
             None
         }
     };
-    let codec_given = o.string("codec", errs).and_then(|c| {
-        let parsed = crate::backup::Codec::parse(&c);
-        if parsed.is_none() {
-            o.err(
-                "codec",
-                format!("{c:?} is not a codec: use gzip or zstd"),
-                errs,
-            );
-        }
-        parsed
-    });
-    let level_given = o.int("level", 0, 19, errs).map(|l| l as u8);
+    let (codec_given, level_given) = codec_and_level(&mut o, errs);
     let key = key(&mut o, base, errs);
     let codec = codec_given.unwrap_or(crate::backup::Codec::default_for(key.is_given()));
     let level = level_given.unwrap_or(codec.default_level());
@@ -802,6 +799,8 @@ fn database(
     Some(Database {
         replicate,
         tuning,
+        replica_codec: codec_given.or(level_given.map(|_| codec)),
+        replica_level: level_given,
         name: name?,
         source: source?,
         destinations,
@@ -815,6 +814,26 @@ fn database(
         notify,
         verify,
     })
+}
+
+/// `codec` and `level` as given (each checked alone; the caller checks
+/// the level against the codec it settles on).
+fn codec_and_level(
+    o: &mut Obj<'_>,
+    errs: &mut Vec<Problem>,
+) -> (Option<crate::backup::Codec>, Option<u8>) {
+    let codec = o.string("codec", errs).and_then(|c| {
+        let parsed = crate::backup::Codec::parse(&c);
+        if parsed.is_none() {
+            o.err(
+                "codec",
+                format!("{c:?} is not a codec: use gzip or zstd"),
+                errs,
+            );
+        }
+        parsed
+    });
+    (codec, o.int("level", 0, 19, errs).map(|l| l as u8))
 }
 
 /// The replicator settings of an entry; with `replicate` false (a
@@ -889,7 +908,14 @@ fn directory(
         .duration("scan_interval", errs)
         .unwrap_or(Duration::from_secs(1));
     let destinations = destinations(&mut o, base, errs);
-    let level = o.int("level", 0, 9, errs).unwrap_or(6) as u8;
+    let (codec, level) = codec_and_level(&mut o, errs);
+    if let Some(l) = level {
+        // As `cairn replicate`: zstd unless another codec is given.
+        let c = codec.unwrap_or(crate::backup::Codec::Zstd);
+        if let Err(e) = c.compression(l) {
+            o.err("level", e, errs);
+        }
+    }
     let key = key(&mut o, base, errs);
     let notify = notify(&mut o, routes, errs);
     let tuning = tuning(&mut o, true, errs);
@@ -903,6 +929,7 @@ fn directory(
         pattern,
         scan_interval,
         destinations,
+        codec,
         level,
         key,
         notify,

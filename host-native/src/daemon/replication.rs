@@ -115,13 +115,21 @@ fn scan_dir(
             .map(|f| {
                 let mut c = ReplicatorConfig::new(f.path.clone(), d.destinations.clone());
                 c.key = d.key.clone();
-                c.level = Some(d.level);
+                c.codec = d.codec;
+                c.level = d.level;
                 c.temp_dir = temp_dir.map(Path::to_path_buf);
                 tune(&mut c, &d.tuning);
                 (format!("{}/{}", d.name, f.name), c)
             })
             .collect(),
     )
+}
+
+/// Whether `name` is a directory's database whose file is gone (or no
+/// longer a WAL-mode database): its replicator ending is a stop.
+fn removed(name: &str, c: &ReplicatorConfig) -> bool {
+    name.contains('/')
+        && crate::replicate::dir::kind_of(&c.source) != crate::replicate::dir::Kind::Wal
 }
 
 /// What the replicator of `db` runs with (`None`: it does not replicate).
@@ -134,8 +142,8 @@ pub fn config_for(db: &Database, temp_dir: Option<&Path>) -> Option<ReplicatorCo
     }
     let mut c = ReplicatorConfig::new(p.clone(), db.destinations.clone());
     c.key = db.key.clone();
-    c.codec = Some(db.codec);
-    c.level = Some(db.level);
+    c.codec = db.replica_codec;
+    c.level = db.replica_level;
     c.temp_dir = temp_dir.map(Path::to_path_buf);
     tune(&mut c, &db.tuning);
     Some(c)
@@ -338,16 +346,14 @@ impl Replicators {
         for name in names {
             let mut slot = self.slots.remove(&name).expect("listed");
             match slot.handle.take() {
-                Some(h)
-                    if h.is_finished()
-                        && name.contains('/')
-                        && crate::replicate::dir::kind_of(&slot.config.source)
-                            != crate::replicate::dir::Kind::Wal =>
-                {
+                Some(h) if h.is_finished() && removed(&name, &slot.config) => {
                     // A directory's database removed under its replicator
                     // (which noticed first): a stop, not a failure.
-                    let _ = h.shutdown().await;
-                    tracing::info!(database = %name, "replication stopped: its database is gone from the directory");
+                    let said = match h.shutdown().await {
+                        Err(e) => format!("; it said: {e:#}"),
+                        Ok(_) => String::new(),
+                    };
+                    tracing::info!(database = %name, "replication stopped: removed (its database is gone from the directory{said})");
                     for v in self.found.values_mut() {
                         v.retain(|(n, _)| n != &name);
                     }
@@ -463,6 +469,12 @@ impl Replicators {
                 );
                 fin.transactions = r.transactions;
                 fin.segments = r.segments;
+                fin.finished(None);
+            }
+            Err(e) if removed(name, &slot.config) => {
+                // Its database went away under it, which may end it with
+                // an error (the file it follows is gone): that is the stop.
+                tracing::info!(database = %name, "replication stopped: removed (its database is gone from the directory; it said: {e:#})");
                 fin.finished(None);
             }
             Err(e) => {

@@ -1,14 +1,18 @@
 //! `cairn status`: for each configured database, its last success, last
 //! failure and next run (from the state file), and the newest backup in
 //! each destination with its size and age, read from the destination
-//! itself, plus when that destination last passed a restore drill.
+//! itself, plus when that destination last passed a restore drill. The
+//! databases of a `[[directories]]` entry (replicated only) are listed as
+//! `NAME/FILE`: those in the directory now, and those whose replicator
+//! is recorded as still running.
 
+use std::collections::BTreeSet;
 use std::path::PathBuf;
 
 use anyhow::Result;
 use serde::Serialize;
 
-use super::config::{Config, Database, Source};
+use super::config::{Config, Directory, Source};
 use super::schedule::rfc3339;
 use super::{serve, state};
 use crate::storage::now_ms;
@@ -18,6 +22,8 @@ use crate::{cli, repo};
 #[derive(Serialize)]
 struct DbStatus {
     database: String,
+    /// The `[[directories]]` entry it was found by (null for `[[databases]]`).
+    directory: Option<String>,
     source: String,
     schedule: String,
     next_run: String,
@@ -130,11 +136,12 @@ fn describe_source(s: &Source) -> String {
     }
 }
 
-fn newest(db: &Database, dest: &str, rt: &tokio::runtime::Runtime) -> Result<Option<Newest>> {
+/// The newest backup (or replica snapshot) of the database named `name` in
+/// its catalog.
+fn newest(name: &str, dest: &str, rt: &tokio::runtime::Runtime) -> Result<Option<Newest>> {
     let d = cli::open_dest(dest, rt)?;
     let loaded = repo::load(&d)?;
-    let name = db.source.catalog_name();
-    Ok(loaded.state.newest(Some(&name)).map(|e| Newest {
+    Ok(loaded.state.newest(Some(name)).map(|e| Newest {
         id: e.id.clone(),
         created_at: e.created_at.clone(),
         age_seconds: (now_ms() - e.created_at_ms) / 1000,
@@ -142,36 +149,94 @@ fn newest(db: &Database, dest: &str, rt: &tokio::runtime::Runtime) -> Result<Opt
     }))
 }
 
+/// Each destination's newest backup of `name` and its drills.
+fn dest_status(
+    name: &str,
+    dests: &[String],
+    s: &state::DbState,
+    rt: &tokio::runtime::Runtime,
+) -> Vec<DestStatus> {
+    dests
+        .iter()
+        .map(|dest| {
+            let (newest, error) = match newest(name, dest, rt) {
+                Ok(n) => (n, None),
+                Err(e) => (None, Some(redact(&format!("{e:#}")))),
+            };
+            // Outcomes (and so the drill records) carry the redacted URL.
+            let drill = s.drills.get(&redact(dest)).cloned().unwrap_or_default();
+            DestStatus {
+                destination: redact(dest),
+                newest,
+                error,
+                last_drill_pass: drill.last_pass_ms.map(rfc3339),
+                last_drill_pass_id: drill.last_pass_id,
+                last_drill_failure: drill.last_failure_ms.map(rfc3339),
+                last_drill_error: drill.last_error,
+                drill_failed_since_pass: drill.last_failure_ms > drill.last_pass_ms,
+            }
+        })
+        .collect()
+}
+
+/// The databases of a `[[directories]]` entry: those the directory holds
+/// now (in WAL mode, as the daemon picks them) and those recorded as
+/// replicating still (a removed one's replicator not yet stopped).
+fn directory_status(
+    d: &Directory,
+    st: &state::State,
+    rt: &tokio::runtime::Runtime,
+) -> Vec<DbStatus> {
+    let prefix = format!("{}/", d.name);
+    let mut names: BTreeSet<String> = st
+        .databases
+        .iter()
+        .filter(|(k, v)| {
+            k.starts_with(&prefix) && v.replication.as_ref().is_some_and(|r| r.status.is_live())
+        })
+        .map(|(k, _)| k[prefix.len()..].to_string())
+        .collect();
+    if let Ok(found) = crate::replicate::dir::scan(&d.dir, &d.pattern) {
+        names.extend(
+            crate::replicate::dir::wanted(&found)
+                .0
+                .into_iter()
+                .map(|f| f.name),
+        );
+    }
+    names
+        .into_iter()
+        .map(|file| {
+            let name = format!("{prefix}{file}");
+            let s = st.databases.get(&name).cloned().unwrap_or_default();
+            DbStatus {
+                destinations: dest_status(&file, &d.destinations, &s, rt),
+                database: name,
+                directory: Some(d.name.clone()),
+                source: d.dir.join(&file).display().to_string(),
+                schedule: "no scheduled backups (replicated continuously)".into(),
+                next_run: "none".into(),
+                last_success: None,
+                last_failure: None,
+                verify_schedule: None,
+                next_drill: None,
+                replication: Some(replication_view(s.replication.as_ref())),
+            }
+        })
+        .collect()
+}
+
 fn status(cfg: &Config, st: &state::State, rt: &tokio::runtime::Runtime) -> Vec<DbStatus> {
     let now = now_ms();
-    cfg.databases
+    let mut list: Vec<DbStatus> = cfg
+        .databases
         .iter()
         .map(|db| {
             let s = st.databases.get(&db.name).cloned().unwrap_or_default();
             let next = db.schedule.next_due(s.last_start_ms, now);
-            let destinations = db
-                .destinations
-                .iter()
-                .map(|dest| {
-                    let (newest, error) = match newest(db, dest, rt) {
-                        Ok(n) => (n, None),
-                        Err(e) => (None, Some(redact(&format!("{e:#}")))),
-                    };
-                    // Outcomes (and so the drill records) carry the redacted URL.
-                    let drill = s.drills.get(&redact(dest)).cloned().unwrap_or_default();
-                    DestStatus {
-                        destination: redact(dest),
-                        newest,
-                        error,
-                        last_drill_pass: drill.last_pass_ms.map(rfc3339),
-                        last_drill_pass_id: drill.last_pass_id,
-                        last_drill_failure: drill.last_failure_ms.map(rfc3339),
-                        last_drill_error: drill.last_error,
-                        drill_failed_since_pass: drill.last_failure_ms > drill.last_pass_ms,
-                    }
-                })
-                .collect();
+            let destinations = dest_status(&db.source.catalog_name(), &db.destinations, &s, rt);
             DbStatus {
+                directory: None,
                 database: db.name.clone(),
                 source: describe_source(&db.source),
                 schedule: db.schedule.describe(),
@@ -197,11 +262,38 @@ fn status(cfg: &Config, st: &state::State, rt: &tokio::runtime::Runtime) -> Vec<
                 destinations,
             }
         })
-        .collect()
+        .collect();
+    for d in &cfg.directories {
+        list.extend(directory_status(d, st, rt));
+    }
+    list
 }
 
 fn age(secs: i64) -> String {
     humantime::format_duration(std::time::Duration::from_secs(secs.max(0) as u64)).to_string()
+}
+
+/// The scheduled backups' lines of a `[[databases]]` entry.
+fn print_runs(d: &DbStatus) {
+    println!("  next run:      {}", d.next_run);
+    match &d.last_success {
+        Some(r) => println!(
+            "  last success:  {}  {} ({}) in {:.1}s",
+            r.time,
+            r.id.as_deref().unwrap_or(""),
+            cli::mib(r.bytes),
+            r.seconds
+        ),
+        None => println!("  last success:  never"),
+    }
+    match &d.last_failure {
+        Some(r) => println!(
+            "  last failure:  {}  {}",
+            r.time,
+            r.error.as_deref().unwrap_or("")
+        ),
+        None => println!("  last failure:  never"),
+    }
 }
 
 pub fn cli(config_file: PathBuf, json: bool, rt: &tokio::runtime::Runtime) -> Result<()> {
@@ -213,24 +305,8 @@ pub fn cli(config_file: PathBuf, json: bool, rt: &tokio::runtime::Runtime) -> Re
     }
     for d in &list {
         println!("{}  ({}; {})", d.database, d.source, d.schedule);
-        println!("  next run:      {}", d.next_run);
-        match &d.last_success {
-            Some(r) => println!(
-                "  last success:  {}  {} ({}) in {:.1}s",
-                r.time,
-                r.id.as_deref().unwrap_or(""),
-                cli::mib(r.bytes),
-                r.seconds
-            ),
-            None => println!("  last success:  never"),
-        }
-        match &d.last_failure {
-            Some(r) => println!(
-                "  last failure:  {}  {}",
-                r.time,
-                r.error.as_deref().unwrap_or("")
-            ),
-            None => println!("  last failure:  never"),
+        if d.directory.is_none() {
+            print_runs(d);
         }
         if let (Some(s), Some(n)) = (&d.verify_schedule, &d.next_drill) {
             println!("  drills:        {s}; next {n}");

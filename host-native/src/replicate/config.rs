@@ -25,11 +25,11 @@ pub struct ReplicatorConfig {
     pub destinations: Vec<String>,
     /// The key (or passphrase) segments and snapshots are sealed with; none: unencrypted.
     pub key: KeyArgs,
-    /// Segment and snapshot codec; none: zstd with a key, else gzip
-    /// (as `cairn backup`).
+    /// Segment and snapshot codec; none: zstd (replica objects are read
+    /// by cairn only, so unlike `cairn backup` not gzip without a key).
     pub codec: Option<crate::backup::Codec>,
     /// Compression level: gzip 0 to 9, zstd 1 to 19; none: the codec's
-    /// default (6 and 3).
+    /// default (6; 3, and 19 for small level-0 segments).
     pub level: Option<u8>,
     /// How often the WAL is looked at: the bound on replication lag.
     pub interval: Duration,
@@ -161,20 +161,17 @@ impl ReplicatorConfig {
         for (i, d) in self.destinations.iter().enumerate() {
             Location::parse(d).map_err(|e| anyhow!("destinations[{i}]: {e:#}"))?;
         }
-        self.compression(self.key.is_given())?;
+        self.compression()?;
         if self.lease_ttl < Duration::from_secs(2) {
             bail!("lease_ttl: must be at least 2s");
         }
         Ok(())
     }
 
-    /// The codec and level, each defaulting as for `cairn backup`.
-    fn compression(&self, encrypted: bool) -> Result<cairn_core::Compression> {
-        let codec = self
-            .codec
-            .unwrap_or(crate::backup::Codec::default_for(encrypted));
-        codec
-            .compression(self.level.unwrap_or(codec.default_level()))
+    /// The compression of the replica's objects and of its small level-0
+    /// segments ([`super::shipper::replica_compression`]).
+    fn compression(&self) -> Result<(cairn_core::Compression, cairn_core::Compression)> {
+        super::shipper::replica_compression(self.codec, self.level)
             .map_err(|e| anyhow!("level: {e}"))
     }
 
@@ -182,9 +179,11 @@ impl ReplicatorConfig {
     pub fn options(&self, log: LogTo) -> Result<ReplicateOptions> {
         self.check()?;
         let key = self.key.load()?;
+        let (compression, small_segments) = self.compression()?;
         Ok(ReplicateOptions {
             db: self.source.clone(),
-            compression: self.compression(!matches!(key, cairn_core::KeyMaterial::None))?,
+            compression,
+            small_segments,
             key,
             interval: self.interval.max(Duration::from_millis(1)),
             snapshot_interval: self.snapshot_interval,
@@ -233,22 +232,26 @@ mod tests {
         assert_eq!(c.interval, Duration::from_millis(20));
         assert_eq!(c.wal_limit, 1 << 20);
         assert_eq!(c.level, Some(3));
+        // zstd with or without a key; a level given applies to every segment.
+        let z3 = cairn_core::Compression::Zstd { level: 3 };
+        assert_eq!(c.compression().unwrap(), (z3, z3));
+        let c = ReplicatorConfig::from_toml("source = \"a.db\"\ndestinations = [\"/x\"]").unwrap();
         assert_eq!(
-            c.compression(false).unwrap(),
-            cairn_core::Compression::Deflate { level: 3 }
+            c.compression().unwrap(),
+            (z3, cairn_core::Compression::Zstd { level: 19 })
         );
-        assert_eq!(
-            c.compression(true).unwrap(),
-            cairn_core::Compression::Zstd { level: 3 }
-        );
+        let c = ReplicatorConfig::from_toml(
+            "source = \"a.db\"\ndestinations = [\"/x\"]\ncodec = \"gzip\"",
+        )
+        .unwrap();
+        let d6 = cairn_core::Compression::Deflate { level: 6 };
+        assert_eq!(c.compression().unwrap(), (d6, d6));
         let c = ReplicatorConfig::from_toml(
             "source = \"a.db\"\ndestinations = [\"/x\"]\ncodec = \"zstd\"\nlevel = 19",
         )
         .unwrap();
-        assert_eq!(
-            c.compression(false).unwrap(),
-            cairn_core::Compression::Zstd { level: 19 }
-        );
+        let z19 = cairn_core::Compression::Zstd { level: 19 };
+        assert_eq!(c.compression().unwrap(), (z19, z19));
         assert_eq!(c.snapshot_interval, DEFAULT_SNAPSHOT_INTERVAL);
         assert_eq!(c.compaction, Some(cairn_core::compact::Policy::default()));
         let c = ReplicatorConfig::from_toml(
@@ -280,7 +283,11 @@ mod tests {
             e("source = \"a.db\"\ndestinations = [\"/x\"]\ninterval = \"soon\"")
                 .starts_with("interval:")
         );
-        assert!(e("source = \"a.db\"\ndestinations = [\"/x\"]\nlevel = 12").starts_with("level:"));
+        assert!(
+            e("source = \"a.db\"\ndestinations = [\"/x\"]\ncodec = \"gzip\"\nlevel = 12")
+                .starts_with("level: 12 is out of range for gzip")
+        );
+        assert!(e("source = \"a.db\"\ndestinations = [\"/x\"]\nlevel = 0").starts_with("level:"));
         assert!(e("source = \"a.db\"\ndestinations = [\"/x\"]\nlevel = 20").starts_with("level:"));
         assert!(
             e("source = \"a.db\"\ndestinations = [\"/x\"]\ncodec = \"lz4\"").starts_with("codec:")

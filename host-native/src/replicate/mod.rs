@@ -68,11 +68,13 @@ pub struct ReplicateArgs {
     /// Restart the WAL (checkpoint RESTART) once it is this large.
     #[arg(long, default_value = "64MiB", value_parser = parse_bytes)]
     pub wal_limit: u64,
-    /// Segment and snapshot codec [default: gzip, or zstd when encrypting].
+    /// Segment and snapshot codec [default: zstd, with or without a key;
+    /// replica objects are read by `cairn restore`, not by gunzip].
     #[arg(long, value_enum)]
     pub codec: Option<backup::Codec>,
     /// Compression level: gzip 0 (store) to 9, default 6; zstd 1 to 19,
-    /// default 3.
+    /// default 3, and 19 for level-0 segments up to 64 KiB (cheap at
+    /// that size).
     #[arg(long)]
     pub level: Option<u8>,
     /// Compaction levels: level 1 merges level-0 segments every 30 s, level
@@ -114,7 +116,10 @@ pub fn parse_bytes(s: &str) -> Result<u64, String> {
 pub struct ReplicateOptions {
     pub db: PathBuf,
     pub key: KeyMaterial,
+    /// Snapshots, merged segments and big level-0 segments.
     pub compression: Compression,
+    /// Level-0 segments up to [`shipper::SMALL_BODY`] bytes.
+    pub small_segments: Compression,
     pub interval: Duration,
     pub snapshot_interval: Duration,
     pub lease_ttl: Duration,
@@ -225,6 +230,7 @@ fn run_inner(dests: &[Dest], opts: &ReplicateOptions, stop: &AtomicBool) -> Resu
         shipper: Shipper {
             db_name,
             compression: opts.compression,
+            small: opts.small_segments,
             encryption,
             segments: 0,
             bytes: 0,
@@ -495,8 +501,8 @@ impl Replicator<'_> {
 /// `cairn replicate DB DEST…` (or `--dir DIR DEST…`, [`dir`]).
 pub fn cli(mut a: ReplicateArgs, rt: &tokio::runtime::Runtime) -> Result<()> {
     let key = a.key.load()?;
-    let compression =
-        backup::choose_compression(a.codec, a.level, !matches!(key, KeyMaterial::None))?;
+    let (compression, small_segments) =
+        shipper::replica_compression(a.codec, a.level).map_err(|e| anyhow!("--level {e}"))?;
     let compaction = compact::parse_policy(&a.compact, a.keep_compacted)
         .map_err(|e| anyhow!("--compact: {e:#}"))?;
     let temp_dir = a.temp_dir.clone().unwrap_or_else(std::env::temp_dir);
@@ -509,6 +515,7 @@ pub fn cli(mut a: ReplicateArgs, rt: &tokio::runtime::Runtime) -> Result<()> {
         db: db.to_path_buf(),
         key: key.clone(),
         compression,
+        small_segments,
         interval,
         snapshot_interval,
         lease_ttl,

@@ -1799,16 +1799,60 @@ fn a_directories_entry_replicates_databases_as_they_come_and_go() {
     let c = rusqlite::Connection::open(&b).unwrap();
     insert_rows(&c, 100, 5);
     drop(c);
+    // `cairn status` lists the directory's databases with their replication.
+    let status = || -> Vec<serde_json::Value> {
+        let r = s.run(&["status", "-c", "cairn.toml", "--json"]).ok();
+        serde_json::from_str(&r.stdout).unwrap()
+    };
+    let running = |name: &str| {
+        status()
+            .iter()
+            .any(|d| d["database"] == name && d["replication"]["state"] == "running")
+    };
+    wait_for("both running in status", Duration::from_secs(30), || {
+        running("tenants/a.db") && running("tenants/b.db")
+    });
+    let st = status();
+    let b_st = st.iter().find(|d| d["database"] == "tenants/b.db").unwrap();
+    assert_eq!(b_st["directory"], "tenants", "{b_st}");
+    assert_eq!(
+        b_st["source"],
+        s.path("dbs/b.db").display().to_string(),
+        "{b_st}"
+    );
+    assert!(b_st["replication"]["generation"].is_string(), "{b_st}");
+    assert_eq!(b_st["destinations"][0]["error"], serde_json::Value::Null);
+    assert!(
+        b_st["destinations"][0]["newest"]["id"].is_string(),
+        "{b_st}"
+    );
+    let text = s.run(&["status", "-c", "cairn.toml"]).ok().stdout;
+    assert!(text.contains("tenants/a.db  ("), "{text}");
+    assert!(
+        text.contains("replication:   running, generation"),
+        "{text}"
+    );
     std::thread::sleep(Duration::from_millis(300));
     for f in ["a.db", "a.db-wal", "a.db-shm"] {
         let _ = std::fs::remove_file(s.path(&format!("dbs/{f}")));
     }
     wait_for("a.db's replicator stopped", Duration::from_secs(30), || {
-        d.log().contains("its database is gone from the directory")
+        d.log().contains("replication stopped: removed")
     });
+    // A removal is a normal stop: logged at INFO, never as an error.
+    let log = d.log();
+    assert!(
+        !log.lines().any(|l| l.contains("ERROR")),
+        "an error logged for a removed database:\n{log}"
+    );
+    wait_for("a.db gone from status", Duration::from_secs(30), || {
+        !status().iter().any(|d| d["database"] == "tenants/a.db")
+    });
+    assert!(running("tenants/b.db"));
     d.signal(libc::SIGTERM);
     assert_eq!(d.wait(Duration::from_secs(60)), 0, "{}", d.log());
     let log = d.log();
+    assert!(!log.lines().any(|l| l.contains("ERROR")), "{log}");
     assert!(log.contains("tenants/b.db"), "{log}");
     s.run(&["restore", "replica", "--db", "b.db", "-o", "rb.db"])
         .ok();

@@ -374,3 +374,142 @@ fn replicate_refuses_a_database_not_in_wal_mode() {
     s.run(&["replicate", "missing.db", "replica"])
         .fails_with(&["missing.db"]);
 }
+
+/// `list DEST --segments --json`.
+fn segment_list(s: &Scratch, dest: &str) -> Vec<serde_json::Value> {
+    let r = s.run(&["list", dest, "--segments", "--json"]).ok();
+    serde_json::from_str::<serde_json::Value>(&r.stdout)
+        .unwrap()
+        .as_array()
+        .cloned()
+        .unwrap()
+}
+
+/// A replica begun with deflate segments (`--codec gzip`, the default of
+/// cairns before zstd became the replicas' default) and continued at the
+/// default (zstd): both generations restore, and the old one also after
+/// compaction merged its gzip segments into zstd ones (one generation
+/// holding both).
+#[test]
+fn a_replica_mixing_gzip_and_zstd_segments_restores() {
+    let s = Scratch::new();
+    let db = s.make_db("app.db", 100);
+    let c = Connection::open(&db).unwrap();
+    c.busy_timeout(Duration::from_secs(5)).unwrap();
+    let write = |from: u32| {
+        for i in 0..6 {
+            insert_rows(&c, from + i * 10, 10);
+            std::thread::sleep(Duration::from_millis(60));
+        }
+    };
+    let rep = Replicator::start(
+        &s,
+        "app.db",
+        "r",
+        &["--codec", "gzip", "--compact", "off"],
+        &[],
+    );
+    wait_for_generations(&s, "r", 1, &[]);
+    write(1000);
+    std::thread::sleep(Duration::from_millis(300));
+    rep.stop().ok();
+    let rows1 = count_rows(&db);
+    let old = segment_list(&s, "r");
+    assert!(old.len() >= 2, "{old:?}");
+    assert!(
+        old.iter()
+            .all(|x| x["key"].as_str().unwrap().ends_with(".seg.gz")),
+        "{old:?}"
+    );
+    let gen1 = old[0]["generation"].as_str().unwrap().to_string();
+    let end1 = old
+        .iter()
+        .map(|x| x["max_txid"].as_u64().unwrap())
+        .max()
+        .unwrap();
+
+    // The default now: zstd segments and snapshot; compaction merges the
+    // first generation's gzip segments into a zstd one beside them.
+    let rep = Replicator::start(
+        &s,
+        "app.db",
+        "r",
+        &["--compact", "1s", "--keep-compacted", "1h"],
+        &[],
+    );
+    wait_for_generations(&s, "r", 2, &[]);
+    write(5000);
+    let t0 = Instant::now();
+    while !segment_list(&s, "r").iter().any(|x| {
+        x["generation"] == gen1.as_str()
+            && x["level"] == 1
+            && x["key"].as_str().unwrap().ends_with(".seg.zst")
+    }) {
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "the first generation was never compacted: {:?}",
+            segment_list(&s, "r")
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    rep.stop().ok();
+    drop(c);
+    let all = segment_list(&s, "r");
+    let gen2: Vec<_> = all
+        .iter()
+        .filter(|x| x["generation"] != gen1.as_str())
+        .collect();
+    assert!(!gen2.is_empty(), "{all:?}");
+    assert!(
+        gen2.iter()
+            .all(|x| x["key"].as_str().unwrap().ends_with(".seg.zst")),
+        "{all:?}"
+    );
+    assert!(
+        all.iter()
+            .any(|x| x["generation"] == gen1.as_str()
+                && x["key"].as_str().unwrap().ends_with(".seg.gz")),
+        "{all:?}"
+    );
+    assert!(
+        s.files("r/snapshots")
+            .iter()
+            .any(|f| f.ends_with(".db.zst"))
+            && s.files("r/snapshots").iter().any(|f| f.ends_with(".db.gz")),
+        "{:?}",
+        s.files("r/snapshots")
+    );
+
+    // Newest (zstd): the live database, page for page.
+    s.run(&["restore", "r", "-o", "newest.db"]).ok();
+    assert!(
+        std::fs::read(s.path("newest.db")).unwrap() == checkpointed(&db),
+        "the newest restore differs from the live database"
+    );
+    // The end of the first generation: through its merged zstd segment.
+    let end = end1.to_string();
+    let r = s
+        .run(&["restore", "r", "-o", "old.db", "--txid", &end, "--json"])
+        .ok();
+    let v: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    assert_eq!(v["txid"].as_u64(), Some(end1), "{v}");
+    assert_eq!(count_rows(&s.path("old.db")), rows1);
+    // A point inside it that only its level-0 gzip segments reach.
+    let mid = old[0]["max_txid"].as_u64().unwrap();
+    if mid < end1 {
+        let r = s
+            .run(&[
+                "restore",
+                "r",
+                "-o",
+                "mid.db",
+                "--txid",
+                &mid.to_string(),
+                "--json",
+            ])
+            .ok();
+        let v: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+        assert_eq!(v["txid"].as_u64(), Some(mid), "{v}");
+    }
+}

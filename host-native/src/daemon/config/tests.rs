@@ -414,7 +414,7 @@ snapshot_interval = "1h"
     .unwrap();
 
     let p = problems(
-        "[[databases]]\nname = \"app\"\nsource = \"app.db\"\ndestinations = [\"b\"]\nschedule = { every = \"1h\" }\ninterval = \"1s\"\n\n[[directories]]\nname = \"app\"\ndestinations = [\"r\"]\npattern = \"a/*.db\"\nwal_limit = \"lots\"\nlease_ttl = \"1s\"\nlevel = 12\nbogus = 1\n",
+        "[[databases]]\nname = \"app\"\nsource = \"app.db\"\ndestinations = [\"b\"]\nschedule = { every = \"1h\" }\ninterval = \"1s\"\n\n[[directories]]\nname = \"app\"\ndestinations = [\"r\"]\npattern = \"a/*.db\"\nwal_limit = \"lots\"\nlease_ttl = \"1s\"\nlevel = 0\nbogus = 1\n",
     );
     has(
         &p,
@@ -424,10 +424,89 @@ snapshot_interval = "1h"
     has(&p, "directories[0].pattern:");
     has(&p, "directories[0].wal_limit:");
     has(&p, "directories[0].lease_ttl: must be at least 2s");
-    has(&p, "directories[0].level:");
+    has(&p, "directories[0].level: 0 is out of range for zstd");
     has(&p, "directories[0].bogus: unknown key");
     let p = problems(
         "[[databases]]\nname = \"app\"\nsource = \"app.db\"\ndestinations = [\"b\"]\nschedule = { every = \"1h\" }\n\n[[directories]]\nname = \"app\"\ndir = \"d\"\ndestinations = [\"r\"]\n",
     );
     has(&p, "directories[0].name: \"app\" is already the name");
+}
+
+#[test]
+fn directories_take_codec_and_level_like_databases() {
+    let dir = |extra: &str| {
+        format!("[[directories]]\nname = \"t\"\ndir = \"dbs\"\ndestinations = [\"r\"]\n{extra}\n")
+    };
+    let d = tempfile::tempdir().unwrap();
+    // Unset: the replicator's defaults (zstd, with or without a key).
+    let c = parse_in(d.path(), &dir("")).unwrap();
+    assert_eq!(
+        (c.directories[0].codec, c.directories[0].level),
+        (None, None)
+    );
+    let c = parse_in(d.path(), &dir("codec = \"gzip\"\nlevel = 9")).unwrap();
+    assert_eq!(
+        (c.directories[0].codec, c.directories[0].level),
+        (Some(crate::backup::Codec::Gzip), Some(9))
+    );
+    let c = parse_in(d.path(), &dir("level = 19")).unwrap();
+    assert_eq!(c.directories[0].level, Some(19));
+    // The same messages as [[databases]].
+    has(
+        &problems(&dir("codec = \"lz4\"")),
+        "directories[0].codec: \"lz4\" is not a codec: use gzip or zstd",
+    );
+    has(
+        &problems(&dir("codec = \"gzip\"\nlevel = 12")),
+        "directories[0].level: 12 is out of range for gzip",
+    );
+    has(
+        &problems(&dir("level = 0")),
+        "directories[0].level: 0 is out of range for zstd",
+    );
+    has(&problems(&dir("level = 20")), "directories[0].level:");
+    has(&problems(&dir("codec = 3")), "directories[0].codec:");
+}
+
+#[test]
+fn a_replicating_database_uses_zstd_unless_told_otherwise() {
+    let db = |extra: &str| {
+        format!(
+            "[[databases]]\nname = \"app\"\nsource = \"app.db\"\ndestinations = [\"b\"]\nschedule = {{ every = \"24h\" }}\n{extra}\n"
+        )
+    };
+    let d = tempfile::tempdir().unwrap();
+    // A WAL-mode database, so that `replicate = true` is accepted.
+    let conn = rusqlite::Connection::open(d.path().join("app.db")).unwrap();
+    conn.pragma_update(None, "journal_mode", "WAL").unwrap();
+    drop(conn);
+    let replica = |extra: &str| {
+        let c = parse_in(d.path(), &db(&format!("replicate = true\n{extra}"))).unwrap();
+        let r = crate::daemon::replication::config_for(&c.databases[0], None).unwrap();
+        let (base, small) = r
+            .options(crate::replicate::LogTo::Tracing)
+            .map(|o| (o.compression, o.small_segments))
+            .unwrap();
+        (c.databases[0].codec, base, small)
+    };
+    use crate::backup::Codec;
+    use cairn_core::Compression::{Deflate, Zstd};
+    // Backups stay gzip without a key; the replica is zstd.
+    assert_eq!(
+        replica(""),
+        (Codec::Gzip, Zstd { level: 3 }, Zstd { level: 19 })
+    );
+    assert_eq!(
+        replica("codec = \"gzip\""),
+        (Codec::Gzip, Deflate { level: 6 }, Deflate { level: 6 })
+    );
+    // A level alone keeps the codec it was checked against.
+    assert_eq!(
+        replica("level = 9"),
+        (Codec::Gzip, Deflate { level: 9 }, Deflate { level: 9 })
+    );
+    assert_eq!(
+        replica("codec = \"zstd\"\nlevel = 7"),
+        (Codec::Zstd, Zstd { level: 7 }, Zstd { level: 7 })
+    );
 }
