@@ -13,8 +13,10 @@
 # ($CAIRN_FUZZ_TARGET_DIR/soak/results.txt; CAIRN_SOAK_RESULTS overrides), and
 # its libFuzzer output to soak/<target>.log beside it. The corpus carries over
 # between slices and sessions, so the script can be stopped at any time
-# (SIGINT/SIGTERM: the running fuzzers stop, their slices are recorded) and
-# run again later: totals are summed from the results file. A crash, leak,
+# (SIGTERM, or Ctrl-C in the foreground: the running fuzzers stop, their
+# slices are recorded; a script started with `&` from another script ignores
+# SIGINT, so send it SIGTERM) and run again later: totals are summed from
+# the results file. A crash, leak,
 # hang or over-bound allocation ends that target's soak and its count: only
 # the lines after a target's last FAILED line count toward the bar (the bar is
 # a clean soak). Crash inputs go to fuzz/artifacts/<target>/.
@@ -95,7 +97,7 @@ soak_one() {
         nice -n 19 "$bin/$t" "$corpus/$t" "seeds/$t" \
             -max_total_time="$secs" -timeout=10 -rss_limit_mb="$rss_mb" \
             -malloc_limit_mb="${malloc_mb[$t]:-64}" -print_final_stats=1 \
-            -artifact_prefix="artifacts/$t/" >>"$log" 2>&1 &
+            -artifact_prefix="$PWD/artifacts/$t/" >>"$log" 2>&1 &
         fpid=$!
         # A trapped signal interrupts `wait`; wait again for the exit status.
         rc=0
