@@ -107,17 +107,18 @@ soak_one() {
             wait $fpid || rc=$?
         done
         fpid=0
-        local ran cpu_s wall_s result what unit
+        local ran rss cpu_s wall_s result what unit
         ran=$(tail -c +$((off + 1)) "$log" | grep -o 'stat::number_of_executed_units: [0-9]*' | tail -1 | awk '{print $2}')
+        rss=$(tail -c +$((off + 1)) "$log" | grep -o 'stat::peak_rss_mb: *[0-9]*' | tail -1 | awk '{print $2}')
         child_ticks
         cpu_s=$(((ticks - t0) / hz))
         wall_s=$((SECONDS - w0))
         # libFuzzer exits 72 on SIGINT/SIGTERM (a Ctrl-C reaches it first).
         if [ $stop = 1 ] || [ $rc -eq 72 ] || tail -c +$((off + 1)) "$log" | grep -q 'libFuzzer: run interrupted'; then
             stop=1
-            result=interrupted
+            result="interrupted (peak RSS ${rss:-?} MB)"
         elif [ $rc -eq 0 ]; then
-            result=ok
+            result="ok (peak RSS ${rss:-?} MB)"
         else
             what=$(tail -c +$((off + 1)) "$log" | grep -oE 'panicked at [^ ]+|ERROR: (libFuzzer|AddressSanitizer|LeakSanitizer): [a-z-]+' | head -1)
             unit=$(tail -c +$((off + 1)) "$log" | grep -oE 'Test unit written to [^ ]+' | tail -1 | awk '{print $5}')

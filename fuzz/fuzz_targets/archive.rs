@@ -174,8 +174,11 @@ fuzz_target!(|s: Spec| {
     }
 });
 
-/// A writer and its payload cipher for each (encrypted, level, chunk_sel).
-static WRITERS: LazyLock<Vec<Vec<Vec<(ArchiveWriter, Aes256Gcm)>>>> = LazyLock::new(|| {
+/// A writer and its payload cipher.
+type Writer = (ArchiveWriter, Aes256Gcm);
+
+/// A [`Writer`] for each (encrypted, level, chunk_sel).
+static WRITERS: LazyLock<Vec<Vec<Vec<Writer>>>> = LazyLock::new(|| {
     [false, true]
         .iter()
         .map(|&e| {
