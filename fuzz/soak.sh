@@ -6,6 +6,7 @@
 # `nice -n 19` on shared machines, where libFuzzer's wall-clock
 # -max_total_time=3600 may be far less than an hour of fuzzing.
 #   fuzz/soak.sh [TARGET...]     default: every target, cheapest bar first
+#   fuzz/soak.sh --status        the totals so far, and which targets met the bar
 # Runs CAIRN_FUZZ_JOBS targets at once (default 1), each in slices of at most
 # CAIRN_SOAK_SLICE wall seconds (default 1800); every finished, failed or
 # interrupted slice appends one line to the results file
@@ -36,19 +37,33 @@ source ./limits.sh
 mkdir -p "$sdir"
 touch "$results"
 
+status=0
+if [ "${1:-}" = --status ]; then
+    status=1
+    shift
+fi
 if [ $# -gt 0 ]; then
     targets=("$@")
 else
     # Cheapest bar first: the fast targets need only the hour of CPU; the
-    # slowest (archive) need more than an hour for 10 million executions.
+    # slowest (archive) needs more than an hour for 10 million executions.
     targets=(latest header key catalog layout inflate trailer decode wal segment
         frames_gzip frames_encrypted archive)
 fi
 
-if [ "${CAIRN_SOAK_NO_BUILD:-}" != 1 ]; then
-    nice -n 19 cargo +nightly fuzz build --debug-assertions --target-dir "$tdir" >&2
-fi
-bin=$tdir/$(rustc +nightly -vV | sed -n 's/^host: //p')/release
+# The totals of every target, and whether each met the bar.
+summary() {
+    local t execs cpu bar
+    echo "target|execs|cpu_seconds|bar"
+    for t in "${targets[@]}"; do
+        read -r execs cpu < <(totals "$t")
+        bar=short
+        if [ "$execs" -ge "$want_execs" ] && [ "$cpu" -ge "$want_cpu" ]; then
+            bar=met
+        fi
+        echo "$t|$execs|$cpu|$bar"
+    done
+}
 
 # Totals of target $1 since its last FAILED line: "execs cpu".
 totals() {
@@ -131,6 +146,16 @@ soak_one() {
     return 1
 }
 
+if [ $status = 1 ]; then
+    summary
+    exit 0
+fi
+
+if [ "${CAIRN_SOAK_NO_BUILD:-}" != 1 ]; then
+    nice -n 19 cargo +nightly fuzz build --debug-assertions --target-dir "$tdir" >&2
+fi
+bin=$tdir/$(rustc +nightly -vV | sed -n 's/^host: //p')/release
+
 pids=()
 stopping=0
 on_signal() {
@@ -155,11 +180,5 @@ while [ -n "$(jobs -rp)" ]; do
 done
 [ $stopping = 0 ] || failed=1
 
-echo "target|execs|cpu_seconds|bar"
-for t in "${targets[@]}"; do
-    read -r execs cpu < <(totals "$t")
-    bar=short
-    [ "$execs" -ge "$want_execs" ] && [ "$cpu" -ge "$want_cpu" ] && bar=met
-    echo "$t|$execs|$cpu|$bar"
-done
+summary
 exit $failed
