@@ -8,7 +8,7 @@
 #   fuzz/soak.sh [TARGET...]     default: every target, cheapest bar first
 #   fuzz/soak.sh --status        the totals so far, and which targets met the bar
 # Runs CAIRN_FUZZ_JOBS targets at once (default 1), each in slices of at most
-# CAIRN_SOAK_SLICE wall seconds (default 1800); every finished, failed or
+# CAIRN_SOAK_SLICE wall seconds (default 900); every finished, failed or
 # interrupted slice appends one line to the results file
 #   target|execs|cpu_seconds|wall_seconds|result|date
 # ($CAIRN_FUZZ_TARGET_DIR/soak/results.txt; CAIRN_SOAK_RESULTS overrides), and
@@ -32,7 +32,7 @@ sdir=$tdir/soak
 results=${CAIRN_SOAK_RESULTS:-$sdir/results.txt}
 want_execs=${CAIRN_SOAK_EXECS:-10000000}
 want_cpu=${CAIRN_SOAK_CPU:-3600}
-slice=${CAIRN_SOAK_SLICE:-1800}
+slice=${CAIRN_SOAK_SLICE:-900}
 source ./limits.sh
 mkdir -p "$sdir"
 touch "$results"
