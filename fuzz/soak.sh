@@ -34,8 +34,6 @@ want_execs=${CAIRN_SOAK_EXECS:-10000000}
 want_cpu=${CAIRN_SOAK_CPU:-3600}
 slice=${CAIRN_SOAK_SLICE:-900}
 source ./limits.sh
-mkdir -p "$sdir"
-touch "$results"
 
 status=0
 if [ "${1:-}" = --status ]; then
@@ -67,6 +65,10 @@ summary() {
 
 # Totals of target $1 since its last FAILED line: "execs cpu".
 totals() {
+    if [ ! -f "$results" ]; then
+        echo "0 0"
+        return
+    fi
     awk -F'|' -v t="$1" '$1 == t {
             if ($5 ~ /^FAILED/) { e = 0; c = 0 } else { e += $2; c += $3 }
         } END { printf "%d %d\n", e, c }' "$results"
@@ -147,9 +149,12 @@ soak_one() {
 }
 
 if [ $status = 1 ]; then
+    echo "$results:"
     summary
     exit 0
 fi
+mkdir -p "$sdir"
+touch "$results"
 
 if [ "${CAIRN_SOAK_NO_BUILD:-}" != 1 ]; then
     nice -n 19 cargo +nightly fuzz build --debug-assertions --target-dir "$tdir" >&2
