@@ -1,6 +1,6 @@
 //! Shared by the fuzz targets: the fixed key, archive builders and decoders,
-//! and the byte-level mutations the structure-aware targets apply to the
-//! valid bytes they build.
+//! the writers and readers made once per run ([`FIXED`]), and the byte-level
+//! mutations the structure-aware targets apply to the valid bytes they build.
 
 use arbitrary::Arbitrary;
 use cairn_core::encoder::EncryptionParams;
