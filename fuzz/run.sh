@@ -2,6 +2,8 @@
 # Runs every cairn fuzz target (or those named) for SECONDS each,
 # CAIRN_FUZZ_JOBS at a time (default 1) under `nice -n 19`, and prints target|execs|seconds|result.
 #   fuzz/run.sh [SECONDS] [TARGET...]      SECONDS defaults to 3600
+# (-max_total_time is wall-clock: for the soak bar of 10 million executions
+# and an hour of CPU per target, use fuzz/soak.sh.)
 # Needs the nightly toolchain and cargo-fuzz (.ci/setup.sh installs both).
 # Builds into $CAIRN_FUZZ_TARGET_DIR (default: $CARGO_TARGET_DIR/fuzz, outside
 # the clone); the growing corpus lives beside it, the committed seeds in
@@ -15,15 +17,8 @@ shift || true
 tdir=${CAIRN_FUZZ_TARGET_DIR:-${CARGO_TARGET_DIR:-$HOME/.cache/cairn-target}/fuzz}
 corpus=${CAIRN_FUZZ_CORPUS:-$tdir/corpus}
 
-# Per-target bounds: peak RSS and largest single allocation (MB). A reader
-# holds at most one frame plus one chunk: 16 MiB chunks at most, so 64 MB
-# bounds any allocation of the archive paths and 16 MB the small parsers.
-declare -A malloc_mb=(
-    [header]=16 [frames_encrypted]=64 [frames_gzip]=64 [trailer]=16
-    [inflate]=64 [decode]=64 [archive]=64 [catalog]=16 [layout]=16
-    [latest]=16 [key]=16 [wal]=16 [segment]=64
-)
-rss_mb=512
+# Per-target memory bounds: malloc_mb and rss_mb.
+source ./limits.sh
 
 if ! rustup run nightly rustc --version >/dev/null 2>&1 || ! cargo fuzz --version >/dev/null 2>&1; then
     if [ "${CI:-}" = true ]; then

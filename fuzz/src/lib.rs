@@ -1,6 +1,6 @@
 //! Shared by the fuzz targets: the fixed key, archive builders and decoders,
-//! and the byte-level mutations the structure-aware targets apply to the
-//! valid bytes they build.
+//! the writers and readers made once per run ([`FIXED`]), and the byte-level
+//! mutations the structure-aware targets apply to the valid bytes they build.
 
 use arbitrary::Arbitrary;
 use cairn_core::encoder::EncryptionParams;
@@ -8,6 +8,7 @@ use cairn_core::{
     Compression, DecodeSummary, Decoder, Encoder, Error, Kdf, KeyMaterial, MasterKey, SourceKind,
     WriterParams,
 };
+use std::sync::LazyLock;
 
 /// The fixed master key every encrypted target and seed uses.
 pub const KEY: [u8; 32] = [0x5a; 32];
@@ -380,15 +381,59 @@ pub fn frames(data: &[u8], encrypted: bool) {
     let Some((&sel, rest)) = data.split_first() else {
         return;
     };
-    let w = cairn_core::ArchiveWriter::new(params(encrypted, sel, sel >> 4)).unwrap();
-    run_frames(w.preamble(), rest, (sel as usize >> 3) % 97);
+    let (level, chunk_sel) = (sel % 10, (sel >> 4) % 5);
+    let fixed = &FIXED[usize::from(encrypted)][usize::from(level)][usize::from(chunk_sel)];
+    run_frames(fixed, rest, (sel as usize >> 3) % 97);
 }
 
-fn run_frames(pre: Vec<u8>, rest: &[u8], piece: usize) {
+/// An archive's opening and its reader, for one choice of settings: fixed
+/// for the whole run, so made once rather than per execution (the writer's
+/// and reader's key derivations and AES key schedules are not what these
+/// targets test, and cost more than the frames they feed).
+pub struct Fixed {
+    pub preamble: Vec<u8>,
+    /// The header record the parser must emit for `preamble`.
+    pub header: Vec<u8>,
+    pub reader: cairn_core::ArchiveReader,
+}
+
+impl Fixed {
+    fn new(encrypted: bool, level: u8, chunk_sel: u8) -> Fixed {
+        let w = cairn_core::ArchiveWriter::new(params(encrypted, level, chunk_sel)).unwrap();
+        let preamble = w.preamble();
+        let mut p = cairn_core::FrameParser::new();
+        p.push(&preamble);
+        let Ok(Some(cairn_core::Event::Header { bytes, meta })) = p.next_event() else {
+            panic!("a writer's preamble parses to its header")
+        };
+        let reader = cairn_core::ArchiveReader::new(bytes.clone(), meta, &material()).unwrap();
+        Fixed {
+            preamble,
+            header: bytes,
+            reader,
+        }
+    }
+}
+
+/// [`Fixed`] for every (encrypted, level % 10, chunk_sel % 5) of [`params`].
+pub static FIXED: LazyLock<Vec<Vec<Vec<Fixed>>>> = LazyLock::new(|| {
+    [false, true]
+        .iter()
+        .map(|&e| {
+            (0..10)
+                .map(|l| (0..5).map(|c| Fixed::new(e, l, c)).collect())
+                .collect()
+        })
+        .collect()
+});
+
+fn run_frames(fixed: &Fixed, rest: &[u8], piece: usize) {
     let mut p = cairn_core::FrameParser::new();
-    let mut reader = None;
+    // The reader for the header seen: the fixed one, or one of its own.
+    let mut fixed_reader = false;
+    let mut own = None;
     let mut next = 0u64;
-    let mut feed: Vec<&[u8]> = vec![&pre];
+    let mut feed: Vec<&[u8]> = vec![&fixed.preamble];
     feed.extend(rest.chunks(piece.max(1) * 7));
     for part in feed {
         p.push(part);
@@ -396,13 +441,23 @@ fn run_frames(pre: Vec<u8>, rest: &[u8], piece: usize) {
             match p.next_event() {
                 Ok(Some(cairn_core::Event::Header { bytes, meta })) => {
                     assert_eq!(meta.archive_id, ARCHIVE_ID);
-                    reader =
-                        Some(cairn_core::ArchiveReader::new(bytes, meta, &material()).unwrap());
+                    // The header parsed from the fixed preamble opens with
+                    // the reader made for it; any other gets its own.
+                    fixed_reader = bytes == fixed.header && &meta == fixed.reader.metadata();
+                    own = match fixed_reader {
+                        true => None,
+                        false => {
+                            Some(cairn_core::ArchiveReader::new(bytes, meta, &material()).unwrap())
+                        }
+                    };
                 }
                 Ok(Some(cairn_core::Event::Chunk(c))) => {
                     assert_eq!(c.index, next, "frames come out in order");
                     next += 1;
-                    let r = reader.as_ref().expect("header first");
+                    let r = match fixed_reader {
+                        true => &fixed.reader,
+                        false => own.as_ref().expect("header first"),
+                    };
                     assert!(
                         c.body.len() <= cairn_core::frame::max_body_len(r.metadata().chunk_size)
                     );
