@@ -9,8 +9,9 @@
 //! Streaming reads (`read`: archives) fetch ranges, `parts` at a time, held
 //! to one version of the object by its ETag (If-Match); S3 sends no checksum
 //! for a range, and objects uploaded in parts only have per-part ones, so
-//! what proves an archive's bytes is its SHA-256 and size in the catalog,
-//! which every reader checks (docs/FORMAT.md §7.5).
+//! what proves an archive's bytes is the catalog: its size and SHA-256, or
+//! for a restore the SHA-256 of the database it decodes to, which every
+//! reader checks (docs/FORMAT.md §7.5).
 
 use std::error::Error as StdError;
 use std::io;

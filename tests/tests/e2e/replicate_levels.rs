@@ -262,12 +262,13 @@ fn compaction_while_replicating(s: &Scratch, dest: &str, env: &Env, extra: &[&st
 fn local_compaction_into_levels_keeps_restore_points() {
     let s = Scratch::new();
     compaction_while_replicating(&s, "replica", &[], &[]);
-    // Merged segments are files of their level's directory.
+    // Merged segments are files of their level's directory, zstd like
+    // every replica object by default (FORMAT §13.3).
     let gens = generations(&s, "replica", &[]);
     let g = gens[0]["id"].as_str().unwrap();
     let l1 = s.files(&format!("replica/generations/{g}/segments/01"));
     assert!(
-        !l1.is_empty() && l1.iter().all(|f| f.ends_with(".seg.gz")),
+        !l1.is_empty() && l1.iter().all(|f| f.ends_with(".seg.zst")),
         "{l1:?}"
     );
 }
