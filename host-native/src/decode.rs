@@ -177,7 +177,7 @@ pub fn check_against_catalog(d: &Decoded, e: &Entry, object: &str) -> Result<()>
         Some("archive id")
     } else if d.stored_len != e.stored_size
         // Not hashed: only when the plaintext digest stands in for it.
-        || d.stored_sha256.map_or(e.plain_sha256.is_none(), |h| {
+        || d.stored_sha256.map_or(needs_stored_digest(e), |h| {
             hex::encode(h) != e.stored_sha256
         })
     {

@@ -82,9 +82,10 @@ impl DirectWriter {
         DirectWriter::start(direct, plain.try_clone().ok()?)
     }
 
-    /// The writer over `direct` (the `O_DIRECT` descriptor) and `plain`
-    /// (an ordinary one of the same file).
-    fn start(direct: File, plain: File) -> Option<DirectWriter> {
+    /// The writer over `direct` (the `O_DIRECT` descriptor; generic so a
+    /// test can stand in a file system that refuses direct writes) and
+    /// `plain` (an ordinary one of the same file).
+    fn start<D: FileExt + Send + 'static>(direct: D, plain: File) -> Option<DirectWriter> {
         let fallback = plain.try_clone().ok()?;
         let (to_disk, jobs) = sync_channel::<(u64, Block)>(BLOCKS - 1);
         let (give_back, back) = sync_channel::<io::Result<Block>>(BLOCKS);
@@ -130,18 +131,19 @@ impl DirectWriter {
         }
     }
 
+    /// Ends the writer thread once it has written what it was given, and
+    /// returns its error, if it had one.
+    fn join(&mut self) -> Option<io::Error> {
+        self.to_disk = None;
+        let panicked = self.thread.take().is_some_and(|t| t.join().is_err());
+        let failed = self.back.try_iter().find_map(Result::err);
+        failed.or_else(|| panicked.then(|| io::Error::other("the direct writer panicked")))
+    }
+
     /// The writer thread stopped early: its error, if it sent one.
     fn stopped(&mut self) -> io::Error {
-        self.to_disk = None;
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-        while let Ok(r) = self.back.try_recv() {
-            if let Err(e) = r {
-                return e;
-            }
-        }
-        io::Error::other("the direct writer stopped")
+        self.join()
+            .unwrap_or_else(|| io::Error::other("the direct writer stopped"))
     }
 
     /// Writes everything given so far; later writes go through the
@@ -151,13 +153,8 @@ impl DirectWriter {
             return Ok(());
         }
         self.done = true;
-        self.to_disk = None;
-        if let Some(t) = self.thread.take() {
-            t.join()
-                .map_err(|_| io::Error::other("the direct writer panicked"))?;
-        }
-        while let Ok(r) = self.back.try_recv() {
-            r?;
+        if let Some(e) = self.join() {
+            return Err(e);
         }
         self.plain.write_all_at(self.cur.bytes(), self.offset)?;
         self.offset += self.cur.len as u64;
@@ -193,17 +190,14 @@ impl Drop for DirectWriter {
     fn drop(&mut self) {
         // An abandoned restore: stop the thread; its temp file is removed
         // by the caller.
-        self.to_disk = None;
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
+        self.join();
     }
 }
 
 /// The writer thread: each block at its offset, directly while the file
 /// system allows it, then through the ordinary descriptor.
-fn write_blocks(
-    direct: File,
+fn write_blocks<D: FileExt>(
+    direct: D,
     plain: File,
     jobs: Receiver<(u64, Block)>,
     give_back: SyncSender<io::Result<Block>>,
@@ -310,5 +304,36 @@ mod tests {
         }
         let e = err.or_else(|| w.finish().err()).expect("an error");
         assert_eq!(e.raw_os_error(), Some(libc::ENOSPC), "{e}");
+    }
+
+    /// Stands in for an `O_DIRECT` descriptor on a file system that opens
+    /// it but refuses the first aligned write with EINVAL; counts the tries.
+    struct RefusesDirect(std::sync::Arc<std::sync::atomic::AtomicUsize>);
+
+    impl FileExt for RefusesDirect {
+        fn read_at(&self, _: &mut [u8], _: u64) -> io::Result<usize> {
+            Err(io::Error::from_raw_os_error(libc::EBADF))
+        }
+        fn write_at(&self, _: &[u8], _: u64) -> io::Result<usize> {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            Err(io::Error::from_raw_os_error(libc::EINVAL))
+        }
+    }
+
+    #[test]
+    fn a_file_system_refusing_direct_writes_gets_ordinary_ones() {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("refused");
+        let f = File::create(&path).unwrap();
+        let tries = std::sync::Arc::default();
+        let refusing = RefusesDirect(std::sync::Arc::clone(&tries));
+        let mut w = DirectWriter::start(refusing, f.try_clone().unwrap()).unwrap();
+        let data: Vec<u8> = (0..(4 * BLOCK + 999)).map(|i| (i % 251) as u8).collect();
+        w.write_all(&data).unwrap();
+        w.finish().unwrap();
+        drop(w);
+        assert!(std::fs::read(&path).unwrap() == data, "the file differs");
+        // Tried once, then never again: not once per block.
+        assert_eq!(tries.load(std::sync::atomic::Ordering::SeqCst), 1);
     }
 }

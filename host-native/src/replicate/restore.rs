@@ -189,10 +189,13 @@ fn restore_generation(
     // With a target, the route goes no further than the txid bound; a time
     // target becomes one once a segment is seen to pass it (below).
     let mut bound = opts.txid;
-    let keys: Vec<String> = route(&segs, g.first_txid, bound)
-        .into_iter()
-        .map(|i| lite[i].0.clone())
-        .collect();
+    let keys_from = |txid: u64, bound: Option<u64>| -> Vec<String> {
+        route(&segs, txid, bound)
+            .into_iter()
+            .map(|i| lite[i].0.clone())
+            .collect()
+    };
+    let keys = keys_from(g.first_txid, bound);
     if keys.is_empty() {
         if listed.iter().any(|l| l.min_txid == g.first_txid) {
             // Its first segments all pass the target (merged ones whose
@@ -306,10 +309,7 @@ fn restore_generation(
             }
             let Some(b) = replan else { break 'route };
             bound = Some(bound.map_or(b, |x| x.min(b)));
-            let keys: Vec<String> = route(&segs, applier.next_txid, bound)
-                .into_iter()
-                .map(|i| lite[i].0.clone())
-                .collect();
+            let keys = keys_from(applier.next_txid, bound);
             if keys.is_empty() {
                 break 'route;
             }

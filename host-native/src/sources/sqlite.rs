@@ -188,8 +188,8 @@ pub fn read_head(db: &Path) -> Result<Vec<u8>> {
         db,
         OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )?;
-    let size = PinnedReader::new(&conn, 0)?.file_size()?;
-    let mut r = PinnedReader::new(&conn, size.min(100))?;
+    let mut r = PinnedReader::new(&conn, 0)?;
+    r.size = r.file_size()?.min(100);
     let mut head = Vec::with_capacity(100);
     r.read_to_end(&mut head)?;
     Ok(head)
