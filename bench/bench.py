@@ -294,10 +294,21 @@ class Bench:
         self.restore_inputs[name] = dest
         return s
 
-    def cairn_restore(self, rep_dir, name, encrypt, engine):
+    def cairn_verify(self, rep_dir, name, sandbox):
+        """`cairn verify` of the newest backup in that destination: in the
+        sandbox (the default) or natively. Either records the passed check,
+        so the restores of those bytes that follow skip integrity_check."""
+        argv = [self.cairn, "verify", self.restore_inputs[name], "-q", "--key-file", self.key]
+        if not sandbox:
+            argv.append("--no-sandbox")
+        return run_steps([(argv, None, None)], env=self.env)
+
+    def cairn_restore(self, rep_dir, name, encrypt, engine, check=None):
         dest = self.restore_inputs[name]
         out = rep_dir / f"restore-{name}-{engine}.db"
         argv = [self.cairn, "restore", dest, "-o", out, "-q", "--engine", engine]
+        if check:
+            argv += ["--check", check]
         if encrypt:
             argv += ["--key-file", self.key]
         s = run_steps([(argv, None, None)], env=self.env)
@@ -472,7 +483,10 @@ S3_OPS = {  # label -> (kind, the restic row it is compared with)
 
 # Operations that write nothing: their "output" column is "-" by design.
 S3_VERIFY = "cairn verify from S3 (sandboxed; records the check)"
-NO_OUTPUT_OPS = {S3_VERIFY}
+VERIFY_SANDBOX = "cairn verify encrypted (sandboxed; records the check)"
+VERIFY_NATIVE = "cairn verify encrypted --no-sandbox"
+RESTORE_FULL = "cairn restore encrypted (native) --check full"
+NO_OUTPUT_OPS = {S3_VERIFY, VERIFY_SANDBOX, VERIFY_NATIVE}
 
 
 def s3_operations(b):
@@ -504,6 +518,13 @@ def operations(b, skip, only_s3=False):
               ("litestream", "litestream first sync", "litestream restore", b.litestream_sync, b.litestream_restore)]
     peers = [p for p in peers if p[0] not in skip]
     ops += [(tool, label, "backup", fn) for tool, label, _, fn, _ in peers]
+    # Verify the reference archive first in the restore half of a round:
+    # both verifies run the whole check (issue 14 §3 compares them), and
+    # the pass they record is what the reference restore then relies on.
+    ref = "cairn-compressed+encrypted-native"
+    ops += [("cairn", VERIFY_SANDBOX, "restore", lambda r: b.cairn_verify(r, ref, True)),
+            ("cairn", VERIFY_NATIVE, "restore", lambda r: b.cairn_verify(r, ref, False)),
+            ("cairn", RESTORE_FULL, "restore", lambda r: b.cairn_restore(r, ref, True, "native", "full"))]
     for engine in ("native", "wasm"):
         for kind, _, enc in cairn_kinds:
             name = f"cairn-{kind}-{engine}"
@@ -595,6 +616,22 @@ def targets(rows, smoke):
     rref = by.get(REF_RESTORE)
     lsr = by.get("litestream restore")
     faster("restore >= 5x faster than Litestream restore", rref, lsr, 5, "litestream skipped")
+    # Issue 14 (restore after a verify recorded the check; backup = the
+    # default encrypted backup, zstd).
+    rs = by.get("restic backup")
+    faster("restore >= 1.5x faster than restic restore", rref, by.get("restic restore"), 1.5,
+           "restic skipped")
+    faster("full backup >= 2x faster than restic backup", ref, rs, 2, "restic skipped")
+    faster("full backup >= 2.5x faster than Litestream first sync", ref, ls, 2.5, "litestream skipped")
+    if ref and rs:
+        t("full backup output <= restic's repository", ref["output_bytes"] <= rs["output_bytes"],
+          f"{human(ref['output_bytes'])} vs {human(rs['output_bytes'])}")
+    else:
+        t("full backup output <= restic's repository", None, "restic skipped")
+    vs, vn = by.get(VERIFY_SANDBOX), by.get(VERIFY_NATIVE)
+    if vs and vn:
+        r = vs["median_s"] / vn["median_s"]
+        t("sandboxed verify within 1.5x of native verify", r <= 1.5, f"sandbox/native = {r:.2f}")
     native = [r for r in rows if r["tool"] == "cairn" and "(native)" in r["op"]]
     wasm = [r for r in rows if r["tool"] == "cairn" and "(wasm)" in r["op"]]
     m = max(native, key=lambda r: r["peak_rss_mib"])
@@ -1276,7 +1313,7 @@ def measure(a, b, db, work, skip, levels):
     if s3_rows:
         print_s3_table(s3_rows, size)
     tg = targets(rows, a.smoke) + s3_targets(s3_rows)
-    print(f"\nTargets (issues 4 and 10){' — smoke run: informative only at this size' if a.smoke else ''}:")
+    print(f"\nTargets (issues 4, 10 and 14){' — smoke run: informative only at this size' if a.smoke else ''}:")
     for x in tg:
         print(f"  {x['status']:4}  {x['target']}: {x['detail']}")
     pg = None

@@ -129,13 +129,23 @@ fn info(m: &crate::Metadata) -> w::ArchiveInfo {
 
 pub struct EncoderRes(RefCell<Option<Encoder>>);
 
+/// Runs `f` on a resource's state, or says it is finished (`what`: the
+/// resource's name).
+fn with_live<S, T>(
+    slot: &RefCell<Option<S>>,
+    what: &'static str,
+    f: impl FnOnce(&mut S) -> Result<T, Error>,
+) -> Result<T, w::Error> {
+    let mut slot = slot.borrow_mut();
+    let live = slot
+        .as_mut()
+        .ok_or_else(|| err(Error::param(what, "already finished")))?;
+    f(live).map_err(err)
+}
+
 impl EncoderRes {
     fn with<T>(&self, f: impl FnOnce(&mut Encoder) -> Result<T, Error>) -> Result<T, w::Error> {
-        let mut slot = self.0.borrow_mut();
-        let enc = slot
-            .as_mut()
-            .ok_or_else(|| err(Error::param("encoder", "already finished")))?;
-        f(enc).map_err(err)
+        with_live(&self.0, "encoder", f)
     }
 }
 
@@ -194,6 +204,12 @@ impl GuestEncoder for EncoderRes {
 
 pub struct DecoderRes(RefCell<Option<Decoder>>);
 
+impl DecoderRes {
+    fn with<T>(&self, f: impl FnOnce(&mut Decoder) -> Result<T, Error>) -> Result<T, w::Error> {
+        with_live(&self.0, "decoder", f)
+    }
+}
+
 impl GuestDecoder for DecoderRes {
     fn new(key: w::Key) -> Self {
         let key = match key {
@@ -209,11 +225,15 @@ impl GuestDecoder for DecoderRes {
     }
 
     fn push(&self, data: Vec<u8>) -> Result<Vec<u8>, w::Error> {
-        let mut slot = self.0.borrow_mut();
-        let dec = slot
-            .as_mut()
-            .ok_or_else(|| err(Error::param("decoder", "already finished")))?;
-        dec.push(&data).map_err(err)
+        self.with(|dec| dec.push(&data))
+    }
+
+    fn feed(&self, data: Vec<u8>) -> Result<(), w::Error> {
+        self.with(|dec| dec.feed(&data))
+    }
+
+    fn pull(&self) -> Result<Option<Vec<u8>>, w::Error> {
+        self.with(|dec| dec.pull())
     }
 
     fn finish(&self) -> Result<w::DecodeSummary, w::Error> {

@@ -168,14 +168,39 @@ impl Decoder {
         self.reader.as_ref().map(|r| r.metadata())
     }
 
+    /// Takes archive bytes and returns all the plaintext they complete.
+    /// What one push returns is not bounded by what it was given: a few KiB
+    /// of a zeroblob database's archive decode to hundreds of MiB. Where
+    /// memory must stay bounded, use [`Decoder::feed`] and
+    /// [`Decoder::pull`].
     pub fn push(&mut self, data: &[u8]) -> Result<Vec<u8>> {
+        self.feed(data)?;
+        let mut out = Vec::new();
+        while let Some(plain) = self.pull()? {
+            out.extend_from_slice(&plain);
+        }
+        Ok(out)
+    }
+
+    /// Pull-style decoding, first half: takes archive bytes without
+    /// decoding any.
+    pub fn feed(&mut self, data: &[u8]) -> Result<()> {
         if let Some(e) = &self.failed {
             return Err(e.clone());
         }
         self.parser.push(data);
-        let mut out = Vec::new();
-        let res = self.drain(&mut out);
-        res.map(|_| out)
+        Ok(())
+    }
+
+    /// Pull-style decoding, second half: the plaintext of the next chunk,
+    /// or `None` once the bytes fed so far hold no further complete chunk
+    /// (feed more, or `finish`). Memory stays at the bytes fed and not yet
+    /// decoded plus one chunk, whatever the archive decodes to.
+    pub fn pull(&mut self) -> Result<Option<Vec<u8>>> {
+        if let Some(e) = &self.failed {
+            return Err(e.clone());
+        }
+        self.next_plain()
             .inspect_err(|e| self.failed = Some(e.clone()))
     }
 
@@ -193,7 +218,8 @@ impl Decoder {
         })
     }
 
-    fn drain(&mut self, out: &mut Vec<u8>) -> Result<()> {
+    /// Decodes frames until one data chunk's plaintext is ready.
+    fn next_plain(&mut self) -> Result<Option<Vec<u8>>> {
         while let Some(ev) = self.parser.next_event()? {
             match ev {
                 Event::Header { bytes, meta } => {
@@ -209,11 +235,11 @@ impl Decoder {
                     } else {
                         let plain = reader.open_chunk(&c)?;
                         self.tally.add(&plain);
-                        out.extend_from_slice(&plain);
+                        return Ok(Some(plain));
                     }
                 }
             }
         }
-        Ok(())
+        Ok(None)
     }
 }

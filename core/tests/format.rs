@@ -44,6 +44,56 @@ fn round_trips_in_every_mode_and_size() {
     }
 }
 
+/// feed/pull gives what push gives, one chunk per pull at most, in every
+/// mode, whatever the slices fed; an error is final for both styles.
+#[test]
+fn pulling_decodes_one_chunk_at_a_time() {
+    let mut pull_errors = 0;
+    for (level, enc) in MODES {
+        // Zeros: a few hundred bytes of archive hold many chunks.
+        let mut data = vec![0u8; 40 * CHUNK as usize];
+        data.extend(sample(3 * CHUNK as usize + 17));
+        let a = encode(params(level, enc), &data);
+        for piece in [7, 4096, a.len()] {
+            let mut d = cairn_core::Decoder::new(KeyMaterial::Key(key()));
+            let mut out = Vec::new();
+            for part in a.chunks(piece) {
+                d.feed(part).unwrap();
+                while let Some(plain) = d.pull().unwrap() {
+                    assert!(!plain.is_empty() && plain.len() <= CHUNK as usize);
+                    out.extend(plain);
+                }
+            }
+            let s = d.finish().unwrap();
+            assert!(out == data, "level {level:?} enc {enc} piece {piece}");
+            assert_eq!(s.plain_len, data.len() as u64);
+        }
+        // Damage: pull reports it, and every later call repeats it.
+        let mut bad = a.clone();
+        let at = bad.len() / 2;
+        bad[at] ^= 1;
+        let mut d = cairn_core::Decoder::new(KeyMaterial::Key(key()));
+        d.feed(&bad).unwrap();
+        let e = loop {
+            match d.pull() {
+                Ok(Some(_)) => continue,
+                Ok(None) => break None,
+                Err(e) => break Some(e),
+            }
+        };
+        match e {
+            Some(e) => {
+                assert_eq!(d.pull().unwrap_err().code(), e.code());
+                assert_eq!(d.feed(b"x").unwrap_err().code(), e.code());
+                pull_errors += 1;
+            }
+            // Found only by the trailer's checks.
+            None => assert!(d.finish().is_err(), "level {level:?} enc {enc}"),
+        }
+    }
+    assert!(pull_errors > 0, "no mode reported the damage from pull");
+}
+
 #[test]
 fn streaming_and_chunk_level_encoders_agree_and_are_deterministic() {
     for (level, enc) in MODES {

@@ -68,10 +68,14 @@ pub enum Command {
     /// Check backups without restoring them, inside a WebAssembly sandbox.
     ///
     /// The sandboxed verifier (cairn-wasi: the decoder and SQLite compiled to
-    /// WebAssembly) sees only the archive's directory, read-only, under a
-    /// memory cap and a deadline. It checks every chunk and checksum, loads
-    /// the database into memory and runs PRAGMA integrity_check and
-    /// foreign_key_check; the host compares the result with the catalog.
+    /// WebAssembly) sees only the archive's directory, read-only, and a
+    /// private scratch directory, under a memory cap and a deadline. It
+    /// checks every chunk and checksum, decodes the database into the
+    /// scratch directory (which the host bounds to the catalog's size and
+    /// removes), reads it back through a read-only SQLite VFS and runs
+    /// PRAGMA integrity_check and foreign_key_check; the host compares the
+    /// result with the catalog, and records a pass there, so a restore of
+    /// those bytes can skip its own integrity_check.
     /// A PostgreSQL backup is decoded in the sandbox and the dump piped
     /// into `pg_restore --list` on the host.
     Verify(VerifyArgs),

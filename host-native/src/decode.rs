@@ -50,9 +50,11 @@ fn decode_sandboxed(
         }
         stored.update(&buf[..got]);
         stored_len += got as u64;
-        let plain = dec.push(&buf[..got])??;
-        out.write_all(&plain)?;
-        progress.inc(plain.len() as u64);
+        dec.feed(&buf[..got])??;
+        while let Some(plain) = dec.pull()?? {
+            out.write_all(&plain)?;
+            progress.inc(plain.len() as u64);
+        }
     }
     let s = dec.finish()??;
     out.flush()?;

@@ -151,9 +151,17 @@ impl SandboxDecoder {
         Ok(SandboxDecoder { guest, resource })
     }
 
-    /// Outer error: the sandbox itself stopped; inner: the archive is bad.
-    pub fn push(&mut self, data: &[u8]) -> sandbox::CallResult<Vec<u8>> {
-        self.guest.decoder_push(self.resource, data)
+    /// Hands archive bytes over; `pull` then decodes them a chunk at a
+    /// time, so the guest never holds more than one chunk of plaintext (one
+    /// push of a zeroblob database's archive could decode to GiBs). Outer
+    /// error: the sandbox itself stopped; inner: the archive is bad.
+    pub fn feed(&mut self, data: &[u8]) -> sandbox::CallResult<()> {
+        self.guest.decoder_feed(self.resource, data)
+    }
+
+    /// The next chunk's plaintext, or `None`: feed more.
+    pub fn pull(&mut self) -> sandbox::CallResult<Option<Vec<u8>>> {
+        self.guest.decoder_pull(self.resource)
     }
 
     pub fn finish(mut self) -> sandbox::CallResult<wit::DecodeSummary> {

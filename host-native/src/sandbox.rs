@@ -355,6 +355,24 @@ impl Guest {
         self.call(|s, b| b.cairn_core_codec().decoder().call_push(s, r, data))
     }
 
+    /// Pull-style decoding: hands bytes over without decoding any.
+    pub fn decoder_feed(
+        &mut self,
+        r: wasmtime::component::ResourceAny,
+        data: &[u8],
+    ) -> CallResult<()> {
+        self.call(|s, b| b.cairn_core_codec().decoder().call_feed(s, r, data))
+    }
+
+    /// Pull-style decoding: the next chunk's plaintext, or `None` once the
+    /// bytes fed so far are used up.
+    pub fn decoder_pull(
+        &mut self,
+        r: wasmtime::component::ResourceAny,
+    ) -> CallResult<Option<Vec<u8>>> {
+        self.call(|s, b| b.cairn_core_codec().decoder().call_pull(s, r))
+    }
+
     pub fn decoder_finish(
         &mut self,
         r: wasmtime::component::ResourceAny,

@@ -13,7 +13,11 @@
 //   {"op": "decode", "archive": PATH, "key": null | {"raw": HEX} | {"passphrase": S},
 //    "out": PATH?, "slice": N?}
 //       Pushes the archive in slices of N bytes (default 64 KiB), hashes the
-//       plaintext (and writes it to `out`), then checks the trailer.
+//       plaintext (and writes it to `out`), then checks the trailer. With
+//       "pull": true, reads the file N bytes at a time instead of whole, and
+//       feeds each slice and pulls its plaintext one chunk per call: memory
+//       stays at a slice plus a chunk whatever the archive decodes to
+//       (the result gives `pulls`, `largestPull` and Node's `maxRssMiB`).
 //   {"op": "encode", "input": PATH, "out": PATH, "params": {...}, "dest": DIR?,
 //    "idRandom": HEX?}
 //       Encodes `input` twice, streaming (push/finish, in slices that do not
@@ -25,7 +29,7 @@
 //   {"op": "key-id", "key": HEX}
 
 import { createHash } from 'node:crypto';
-import { mkdirSync, readFileSync, writeFileSync, openSync, writeSync, closeSync } from 'node:fs';
+import { mkdirSync, readFileSync, readSync, writeFileSync, openSync, writeSync, closeSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { pathToFileURL } from 'node:url';
 
@@ -72,23 +76,55 @@ function plainInfo(info) {
   };
 }
 
+// The archive's bytes, `slice` at a time: all read at once for push, read
+// slice by slice from the file for pull (bounded memory end to end).
+function* slices(t, slice) {
+  if (!t.pull) {
+    const bytes = readFileSync(t.archive);
+    for (let at = 0; at < bytes.length; at += slice) yield bytes.subarray(at, at + slice);
+    return;
+  }
+  const fd = openSync(t.archive, 'r');
+  const buf = Buffer.alloc(slice);
+  try {
+    for (let n; (n = readSync(fd, buf, 0, slice, null)) > 0; ) yield buf.subarray(0, n);
+  } finally {
+    closeSync(fd);
+  }
+}
+
 function decode(t) {
-  const bytes = readFileSync(t.archive);
   const slice = t.slice ?? 64 << 10;
   const dec = new codec.Decoder(keyOf(t.key));
   const hash = createHash('sha256');
   const out = t.out ? openSync(t.out, 'w') : null;
   let plainLen = 0;
+  let pulls = 0;
+  let largestPull = 0;
+  const take = (plain) => {
+    hash.update(plain);
+    plainLen += plain.length;
+    if (out !== null) writeSync(out, plain);
+  };
   try {
-    for (let at = 0; at < bytes.length; at += slice) {
-      const plain = dec.push(bytes.subarray(at, at + slice));
-      hash.update(plain);
-      plainLen += plain.length;
-      if (out !== null) writeSync(out, plain);
+    for (const part of slices(t, slice)) {
+      if (!t.pull) {
+        take(dec.push(part));
+        continue;
+      }
+      dec.feed(part);
+      for (let plain; (plain = dec.pull()) !== undefined; ) {
+        pulls += 1;
+        largestPull = Math.max(largestPull, plain.length);
+        take(plain);
+      }
     }
     const s = dec.finish();
     return {
       ok: true,
+      pulls,
+      largestPull,
+      maxRssMiB: process.resourceUsage().maxRSS / 1024,
       sha256: hash.digest('hex'),
       plainLen,
       summary: {

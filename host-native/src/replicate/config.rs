@@ -45,7 +45,7 @@ pub struct ReplicatorConfig {
     pub compaction: Option<cairn_core::compact::Policy>,
 }
 
-pub const DEFAULT_INTERVAL: Duration = Duration::from_millis(50);
+pub const DEFAULT_INTERVAL: Duration = Duration::from_millis(75);
 pub const DEFAULT_SNAPSHOT_INTERVAL: Duration = Duration::from_secs(24 * 3600);
 pub const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(300);
 pub const DEFAULT_WAL_LIMIT: u64 = 64 << 20;
@@ -73,7 +73,7 @@ impl ReplicatorConfig {
     /// source = "app.db"
     /// destinations = ["/var/backups/app", "s3://${BUCKET}/app"]
     /// key_file = "/etc/app/cairn.key"
-    /// interval = "50ms"
+    /// interval = "75ms"
     /// ```
     ///
     /// `${VAR}` in `source` and `destinations` comes from the environment;

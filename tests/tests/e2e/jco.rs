@@ -627,3 +627,80 @@ fn node_memory_cap_turns_a_decompression_bomb_into_a_trap() {
     let msg = r[1]["error"]["message"].as_str().unwrap();
     assert!(msg.contains("cannot enter component instance"), "{msg}");
 }
+
+/// The pull-style decoder (`feed`, then `pull` one chunk per call) keeps
+/// memory bounded whatever the archive decodes to: 512 MiB of plaintext,
+/// fed 1 MiB of archive at a time (which alone decodes to all of it),
+/// decodes under a 64 MiB cap on wasm memory, the file read slice by slice,
+/// and Node's peak RSS stays far below the plaintext's size. Damage found
+/// by `pull` arrives as the same typed error as from `push`.
+#[test]
+fn node_pulls_any_archive_in_bounded_memory() {
+    let Some(jco) = jco() else { return };
+    let s = Scratch::new();
+    let mut enc = Encoder::new(WriterParams {
+        archive_id: ARCHIVE_ID,
+        source: SourceKind::File,
+        db_name: "zeros".into(),
+        created_at_ms: CREATED_AT_MS,
+        page_size: 4096,
+        chunk_size: cairn_core::MAX_CHUNK_SIZE,
+        compression: Compression::from_level(9).unwrap(),
+        encryption: Some(EncryptionParams {
+            master: MasterKey::parse(TEST_KEY).unwrap(),
+            kdf: Kdf::RawKey,
+            salt: SALT,
+        }),
+    })
+    .unwrap();
+    let zeros = vec![0u8; cairn_core::MAX_CHUNK_SIZE as usize];
+    let chunks = 32u64;
+    let mut archive = Vec::new();
+    for _ in 0..chunks {
+        archive.extend(enc.push(&zeros).unwrap());
+    }
+    archive.extend(enc.finish().unwrap().0);
+    assert!(archive.len() < 1 << 20, "the archive fits one slice");
+    std::fs::write(s.path("zeros.db.cairn"), &archive).unwrap();
+    // A byte inside the sealed body of a data frame in the middle: the
+    // AEAD tag fails there (header record 96 bytes, frames of equal size,
+    // trailer frame 113 bytes; docs/FORMAT.md §2, §3).
+    let mut damaged = archive.clone();
+    let frame = (archive.len() - 96 - 113) / chunks as usize;
+    assert_eq!(96 + frame * chunks as usize + 113, archive.len());
+    damaged[96 + 16 * frame + 60] ^= 0x40;
+    std::fs::write(s.path("damaged.db.cairn"), &damaged).unwrap();
+
+    let plain_len = chunks * cairn_core::MAX_CHUNK_SIZE as u64;
+    let mut want = Sha256::new();
+    for _ in 0..chunks {
+        want.update(&zeros);
+    }
+    let want = hex::encode(want.finalize());
+    let key = json!({"raw": TEST_KEY});
+    // 1024 pages of 64 KiB = 64 MiB: one push of the slice would need 512.
+    let cap = ["--wasm-max-mem-pages=1024"];
+    let r = jco.run_with(
+        &s,
+        &cap,
+        &json!([{"op": "decode", "archive": "zeros.db.cairn", "key": key, "slice": 1 << 20, "pull": true}]),
+    );
+    let r = ok(&r[0]);
+    assert_eq!(r["plainLen"], plain_len);
+    assert_eq!(r["sha256"], want);
+    assert_eq!(r["summary"]["plainSha256"], want);
+    assert_eq!(r["pulls"], chunks);
+    assert_eq!(r["largestPull"], cairn_core::MAX_CHUNK_SIZE);
+    let rss = r["maxRssMiB"].as_f64().unwrap();
+    assert!(
+        rss < 256.0,
+        "Node's peak RSS {rss} MiB for 512 MiB of plaintext"
+    );
+
+    let r = jco.run(
+        &s,
+        json!([{"op": "decode", "archive": "damaged.db.cairn", "key": key, "slice": 1 << 20, "pull": true}]),
+    );
+    component_error(&r[0], &wit_name(cairn_core::ErrorCode::CorruptChunk));
+    assert_eq!(r[0]["again"]["code"], r[0]["error"]["code"], "{:#}", r[0]);
+}
