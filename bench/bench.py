@@ -608,11 +608,13 @@ def targets(rows, smoke):
     faster("full backup >= 2x faster than .backup + pigz -6", ref, pigz, 2, "pigz skipped")
     faster("full backup >= 1.5x faster than Litestream first sync", ref, ls, 1.5, "litestream skipped")
     if ref and gz:
-        t("full backup output <= gzip -6 output", ref["output_bytes"] <= gz["output_bytes"],
-          f"{human(ref['output_bytes'])} vs {human(gz['output_bytes'])} "
-          f"({ref['output_pct_of_db']:.1f}% vs {gz['output_pct_of_db']:.1f}% of db)")
-    else:
-        t("full backup output <= gzip -6 output", None, "gzip skipped")
+        # Issue 4's target, for the deflate-6 default of its day; issue 14
+        # made encrypted backups zstd-3 and judges their size against
+        # restic's instead (below), so this one is reported, not judged.
+        res.append({"target": "full backup output vs gzip -6 output (issue 4; superseded by "
+                              "issue 14's zstd default, judged against restic's)", "status": "INFO",
+                    "detail": f"{human(ref['output_bytes'])} vs {human(gz['output_bytes'])} "
+                              f"({ref['output_pct_of_db']:.1f}% vs {gz['output_pct_of_db']:.1f}% of db)"})
     rref = by.get(REF_RESTORE)
     lsr = by.get("litestream restore")
     faster("restore >= 5x faster than Litestream restore", rref, lsr, 5, "litestream skipped")

@@ -572,6 +572,34 @@ fn node_sees_typed_errors_and_catches_tampering() {
     component_error(&r[9], "invalid-param");
 }
 
+/// An archive of `chunks` chunks of zeros, 16 MiB each (the largest chunk
+/// size), deflate-9: a few hundred bytes per chunk; sealed with the test
+/// key when `key`.
+fn zeros_archive(chunks: u64, key: bool) -> Vec<u8> {
+    let mut enc = Encoder::new(WriterParams {
+        archive_id: ARCHIVE_ID,
+        source: SourceKind::File,
+        db_name: "zeros".into(),
+        created_at_ms: CREATED_AT_MS,
+        page_size: 4096,
+        chunk_size: cairn_core::MAX_CHUNK_SIZE,
+        compression: Compression::from_level(9).unwrap(),
+        encryption: key.then(|| EncryptionParams {
+            master: MasterKey::parse(TEST_KEY).unwrap(),
+            kdf: Kdf::RawKey,
+            salt: SALT,
+        }),
+    })
+    .unwrap();
+    let zeros = vec![0u8; cairn_core::MAX_CHUNK_SIZE as usize];
+    let mut out = Vec::new();
+    for _ in 0..chunks {
+        out.extend(enc.push(&zeros).unwrap());
+    }
+    out.extend(enc.finish().unwrap().0);
+    out
+}
+
 /// Node has no per-instance memory cap, but V8's `--wasm-max-mem-pages`
 /// caps every wasm memory in the process. At the cap the guest's allocation
 /// fails and it aborts: the caller gets a `WebAssembly.RuntimeError` (not a
@@ -583,23 +611,7 @@ fn node_memory_cap_turns_a_decompression_bomb_into_a_trap() {
     let s = Scratch::new();
     // 256 MiB of zeros in 16 MiB chunks (the largest allowed) deflate to
     // about 260 KB: one push of all of it would return 256 MiB.
-    let mut enc = Encoder::new(WriterParams {
-        archive_id: ARCHIVE_ID,
-        source: SourceKind::File,
-        db_name: "zeros".into(),
-        created_at_ms: CREATED_AT_MS,
-        page_size: 4096,
-        chunk_size: cairn_core::MAX_CHUNK_SIZE,
-        compression: Compression::from_level(9).unwrap(),
-        encryption: None,
-    })
-    .unwrap();
-    let zeros = vec![0u8; cairn_core::MAX_CHUNK_SIZE as usize];
-    let mut bomb = Vec::new();
-    for _ in 0..16 {
-        bomb.extend(enc.push(&zeros).unwrap());
-    }
-    bomb.extend(enc.finish().unwrap().0);
+    let bomb = zeros_archive(16, false);
     assert!(bomb.len() < 1 << 20);
     std::fs::write(s.path("bomb.db.gz"), &bomb).unwrap();
 
@@ -638,28 +650,9 @@ fn node_memory_cap_turns_a_decompression_bomb_into_a_trap() {
 fn node_pulls_any_archive_in_bounded_memory() {
     let Some(jco) = jco() else { return };
     let s = Scratch::new();
-    let mut enc = Encoder::new(WriterParams {
-        archive_id: ARCHIVE_ID,
-        source: SourceKind::File,
-        db_name: "zeros".into(),
-        created_at_ms: CREATED_AT_MS,
-        page_size: 4096,
-        chunk_size: cairn_core::MAX_CHUNK_SIZE,
-        compression: Compression::from_level(9).unwrap(),
-        encryption: Some(EncryptionParams {
-            master: MasterKey::parse(TEST_KEY).unwrap(),
-            kdf: Kdf::RawKey,
-            salt: SALT,
-        }),
-    })
-    .unwrap();
-    let zeros = vec![0u8; cairn_core::MAX_CHUNK_SIZE as usize];
     let chunks = 32u64;
-    let mut archive = Vec::new();
-    for _ in 0..chunks {
-        archive.extend(enc.push(&zeros).unwrap());
-    }
-    archive.extend(enc.finish().unwrap().0);
+    let archive = zeros_archive(chunks, true);
+    let zeros = vec![0u8; cairn_core::MAX_CHUNK_SIZE as usize];
     assert!(archive.len() < 1 << 20, "the archive fits one slice");
     std::fs::write(s.path("zeros.db.cairn"), &archive).unwrap();
     // A byte inside the sealed body of a data frame in the middle: the
