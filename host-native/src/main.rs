@@ -30,8 +30,8 @@ fn main() {
 /// a few of them per arena, and bigger blocks (S3 ranges of 8 MiB and up)
 /// are still mapped and unmapped. Arenas are capped at 2: by default each
 /// thread that allocates gets its own (up to 8 per core), each keeping its
-/// own 16 MiB, which took a 1 GiB plain restore from 47 to 55-64 MiB peak
-/// RSS; with 2, 47 MiB and the same time (backup time unchanged too).
+/// own 16 MiB, which took a 1 GiB plain restore to 55-64 MiB peak RSS;
+/// with 2, 41-44 MiB and the same time (backup time unchanged too).
 fn bounded_malloc() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: mallopt only sets allocator parameters; it is called before

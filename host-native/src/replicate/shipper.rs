@@ -15,7 +15,7 @@ use crate::storage::{Cond, Dest, Put, now_ms};
 
 /// Level-0 segment bodies up to this size get [`SMALL_LEVEL`] when zstd
 /// runs at its default level. At 200 commits/s a 75 ms poll makes bodies
-/// of ~30–45 KiB, which zstd-19 compresses in 1–2 ms (24 MB/s measured
+/// of ~30–45 KiB, which zstd-19 compresses in ~2 ms (24 MB/s measured
 /// here) and ~2–3 % smaller than zstd-3; the bound keeps the cost under
 /// ~10 ms, so a burst's big segments do not add to the lag.
 pub const SMALL_BODY: usize = 64 << 10;
