@@ -259,6 +259,19 @@ pub fn plan(listed: &[Seg], now_ms: i64, sealed: bool, policy: &Policy) -> Plan 
             segs.insert((level, lo, hi), (Some(now_ms), size));
         }
     }
+    // The inputs of this plan's merges are covered once the host has
+    // written them, and deleted after their grace: wake for that, or a
+    // host that saw nothing else waiting would not look again before new
+    // segments arrive, and the covered ones would stay until then.
+    let grace = out
+        .merges
+        .iter()
+        .flat_map(|m| &m.inputs)
+        .filter_map(|s| policy.keep(s.level))
+        .min();
+    if let Some(keep) = grace {
+        wake(now_ms.saturating_add(keep), &mut out);
+    }
     // Deletes: covered by a listed (written) higher segment old enough.
     let covers: Vec<(u8, u64, u64, Option<i64>)> = listed
         .iter()
@@ -381,6 +394,9 @@ mod tests {
         let due = plan(&l0, 31_000, false, &p);
         assert_eq!(due.merges.len(), 1);
         assert_eq!((due.merges[0].min_txid, due.merges[0].max_txid), (1, 9));
+        // Nothing else waits, but the inputs' grace does: without this wake
+        // a host would not look again until new segments arrived.
+        assert_eq!(due.next_at_ms, Some(31_000 + DEFAULT_KEEP_L0_MS));
         let mut l = l0.clone();
         apply(&mut l, &due, 31_000);
         let again = plan(&l, 31_000, false, &p);
