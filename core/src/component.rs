@@ -216,7 +216,7 @@ impl GuestDecoder for DecoderRes {
             w::Key::None => KeyMaterial::None,
             w::Key::Raw(k) => match master(&k) {
                 Ok(m) => KeyMaterial::Key(m),
-                // Surfaces on the first push as "invalid key" via a key that cannot match.
+                // Surfaces on the first push or pull as "invalid key" via a key that cannot match.
                 Err(_) => KeyMaterial::Passphrase(String::new()),
             },
             w::Key::Passphrase(p) => KeyMaterial::Passphrase(p),

@@ -38,14 +38,23 @@ impl ClaimDecoder {
         self.reader.as_ref().map(|r| r.metadata())
     }
 
-    pub fn push(&mut self, data: &[u8]) -> Result<Vec<u8>, Error> {
+    /// As the core's `Decoder::feed`: buffers archive bytes, decodes nothing.
+    pub fn feed(&mut self, data: &[u8]) -> Result<(), Error> {
         if let Some(e) = &self.failed {
             return Err(e.clone());
         }
         self.parser.push(data);
-        let mut out = Vec::new();
-        self.drain(&mut out)
-            .map(|_| out)
+        Ok(())
+    }
+
+    /// As the core's `Decoder::pull`: the next data chunk's plaintext, or
+    /// `None` until more is fed. One chunk at a time, so memory stays at a
+    /// chunk whatever a slice of the archive decodes to (zeroblobs, a bomb).
+    pub fn pull(&mut self) -> Result<Option<Vec<u8>>, Error> {
+        if let Some(e) = &self.failed {
+            return Err(e.clone());
+        }
+        self.next_plain()
             .inspect_err(|e| self.failed = Some(e.clone()))
     }
 
@@ -68,7 +77,8 @@ impl ClaimDecoder {
         })
     }
 
-    fn drain(&mut self, out: &mut Vec<u8>) -> Result<(), Error> {
+    /// Decodes frames until one data chunk's plaintext is ready.
+    fn next_plain(&mut self) -> Result<Option<Vec<u8>>, Error> {
         while let Some(ev) = self.parser.next_event()? {
             match ev {
                 Event::Header { bytes, meta } => {
@@ -97,12 +107,12 @@ impl ClaimDecoder {
                         let plain = reader.open_chunk(&c)?;
                         self.chunks += 1;
                         self.len += plain.len() as u64;
-                        out.extend_from_slice(&plain);
+                        return Ok(Some(plain));
                     }
                 }
             }
         }
-        Ok(())
+        Ok(None)
     }
 }
 
@@ -133,7 +143,10 @@ mod tests {
         let mut d = ClaimDecoder::new(KeyMaterial::None, soft_aead);
         let mut out = Vec::new();
         for piece in bytes.chunks(1000) {
-            out.extend(d.push(piece)?);
+            d.feed(piece)?;
+            while let Some(plain) = d.pull()? {
+                out.extend(plain);
+            }
         }
         Ok((out, d.finish()?))
     }

@@ -32,11 +32,6 @@ const SCRATCH_PART: &str = "database.part";
 /// SQLite's page cache for the check, in KiB: integrity_check looks up every
 /// row's index entries, and each cache miss is a read through WASI.
 const CACHE_KIB: i64 = 64 << 10;
-/// Archive bytes pushed at once start at MIN_STEP and double while a push
-/// decodes to less than PUSH_OUTPUT: at most a few frames' worth of
-/// plaintext is held at once, however well the archive compresses.
-const MIN_STEP: usize = 512;
-const PUSH_OUTPUT: usize = 8 << 20;
 
 /// How the archive is to be decoded and checked.
 pub struct Options<'a> {
@@ -139,10 +134,17 @@ impl AnyDecoder {
         }
     }
 
-    fn push(&mut self, data: &[u8]) -> Result<Vec<u8>, cairn_core::Error> {
+    fn feed(&mut self, data: &[u8]) -> Result<(), cairn_core::Error> {
         match self {
-            AnyDecoder::Full(d) => d.push(data),
-            AnyDecoder::Claim(d) => d.push(data),
+            AnyDecoder::Full(d) => d.feed(data),
+            AnyDecoder::Claim(d) => d.feed(data),
+        }
+    }
+
+    fn pull(&mut self) -> Result<Option<Vec<u8>>, cairn_core::Error> {
+        match self {
+            AnyDecoder::Full(d) => d.pull(),
+            AnyDecoder::Claim(d) => d.pull(),
         }
     }
 
@@ -186,7 +188,6 @@ fn decode(
     let mut stored = (!host_digests).then(Sha256::new);
     let mut stored_len = 0u64;
     let mut buf = vec![0u8; 256 << 10];
-    let mut step = MIN_STEP;
     let core_err = |e: cairn_core::Error| ("decode", Some(e.code().name()), e.to_string());
     loop {
         let n = file
@@ -199,19 +200,11 @@ fn decode(
             h.update(&buf[..n]);
         }
         stored_len += n as u64;
-        // Fed in slices that shrink when they decode to much: one slice of a
-        // highly compressed archive (zeroblobs, a bomb) can hold thousands
-        // of frames, and the decoder returns all their plaintext at once.
-        let mut at = 0;
-        while at < n {
-            let end = (at + step).min(n);
-            let plain = dec.push(&buf[at..end]).map_err(core_err)?;
-            at = end;
-            step = if plain.len() < PUSH_OUTPUT {
-                (step * 2).min(buf.len())
-            } else {
-                (step / 4).max(MIN_STEP)
-            };
+        // Fed whole, pulled a chunk at a time: one read of a highly
+        // compressed archive (zeroblobs, a bomb) can hold thousands of
+        // frames, and only one chunk's plaintext is held at once.
+        dec.feed(&buf[..n]).map_err(core_err)?;
+        while let Some(plain) = dec.pull().map_err(core_err)? {
             plain_len += plain.len() as u64;
             if let Some(limit) = expect_size
                 && plain_len > limit

@@ -46,10 +46,14 @@ fn decode(key: KeyMaterial) -> Result<String, String> {
         if n == 0 {
             break;
         }
-        let plain = dec.push(&buf[..n]).map_err(|e| e.to_string())?;
-        stdout
-            .write_all(&plain)
-            .map_err(|e| format!("writing stdout: {e}"))?;
+        // Fed, then pulled a chunk at a time: one read of a zeroblob
+        // archive can hold hundreds of MiB of plaintext.
+        dec.feed(&buf[..n]).map_err(|e| e.to_string())?;
+        while let Some(plain) = dec.pull().map_err(|e| e.to_string())? {
+            stdout
+                .write_all(&plain)
+                .map_err(|e| format!("writing stdout: {e}"))?;
+        }
     }
     let s = dec.finish().map_err(|e| e.to_string())?;
     stdout.flush().map_err(|e| format!("writing stdout: {e}"))?;
