@@ -26,6 +26,8 @@ cargo test --release --locked --workspace --no-fail-fast 2>&1 | tee "$CARGO_TARG
 
 say "benchmark smoke run (bench/run.sh --smoke: 20 MiB, every peer, the table must be well-formed)"
 CAIRN_BIN="$CARGO_TARGET_DIR/release/cairn" bash bench/run.sh --smoke  # the binary built above: run.sh would rebuild it with other features
+say "per-size bench smoke run (bench/sizes.py at 20 MiB; the real run is 1G,8G)"
+python3 bench/sizes.py --cairn "$CARGO_TARGET_DIR/release/cairn" --sizes 20M --json "$CARGO_TARGET_DIR/sizes-smoke.json"
 say "fuzzing: every target for ${CAIRN_FUZZ_SECONDS:-30}s, two at a time (fuzz/run.sh; long runs: fuzz/run.sh 3600)"
 CAIRN_FUZZ_JOBS=2 bash fuzz/run.sh "${CAIRN_FUZZ_SECONDS:-30}"
 summary=$(grep -E '^test result:' "$CARGO_TARGET_DIR/test.log" |

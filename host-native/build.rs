@@ -48,7 +48,7 @@ fn main() {
     let built = target_dir.join(TARGET).join("release");
 
     // libdeflate (core) and SQLite (verifier) are C: both need the wasm C toolchain.
-    let cc = wasi_c_toolchain(&target_dir);
+    let cc = with_wasm_features(wasi_c_toolchain(&target_dir));
     // `cargo rustc --crate-type cdylib`: core's manifest declares only an
     // rlib, because a cdylib package's rlib gets no hash in its file name and
     // builds with different feature sets would overwrite each other's.
@@ -119,6 +119,25 @@ fn nested_build(
             what.join(" ")
         );
     }
+}
+
+/// Lets clang use the WebAssembly features every runtime cairn names has
+/// (wasmtime, V8 under Node, wasmer, WAMR; all in WebAssembly 2.0): 128-bit
+/// SIMD, which clang-19 does not enable by default, and bulk memory, whose
+/// `memory.copy`/`memory.fill` replace wasi-libc's byte loops for the many
+/// small copies of zstd, libdeflate and SQLite. Rust code already gets bulk
+/// memory from its target's defaults. Appended to the caller's own flags.
+fn with_wasm_features(mut env: Vec<(String, String)>) -> Vec<(String, String)> {
+    const FLAGS: &str = "-msimd128 -mbulk-memory";
+    const VAR: &str = "CFLAGS_wasm32_wasip2";
+    let own = env
+        .iter()
+        .position(|(k, _)| k == VAR)
+        .map(|i| env.remove(i).1)
+        .or_else(|| std::env::var(VAR).ok())
+        .unwrap_or_default();
+    env.push((VAR.into(), format!("{own} {FLAGS}").trim().to_string()));
+    env
 }
 
 /// The C compiler for SQLite in wasm32-wasip2: the caller's if set, else

@@ -234,7 +234,12 @@ pub fn run(req: Request) -> Result<Report> {
     let mut wasi = WasiCtx::builder();
     wasi.args(&args)
         .stdout(stdout.clone())
-        .stderr(stderr.clone());
+        .stderr(stderr.clone())
+        // The guest runs on a thread of its own, which may block: without
+        // this, every file read and write of the guest (one per SQLite page)
+        // is handed to tokio's blocking pool and back, which cost more than
+        // the read itself.
+        .allow_blocking_current_thread(true);
     wasi.preopened_dir(scratch.path(), SCRATCH_DIR, FsPerms::ReadWrite)
         .map_err(|e| {
             anyhow!(
