@@ -11,9 +11,10 @@
 # CAIRN_SOAK_SLICE wall seconds (default 900); every finished, failed or
 # interrupted slice appends one line to the results file
 #   target|execs|cpu_seconds|wall_seconds|result|date
-# ($CAIRN_FUZZ_TARGET_DIR/soak/results.txt; CAIRN_SOAK_RESULTS overrides), and
-# its libFuzzer output to soak/<target>.log beside it. The corpus carries over
-# between slices and sessions, so the script can be stopped at any time
+# (fuzz/soak-results.txt, committed, so that the totals survive the machine;
+# CAIRN_SOAK_RESULTS overrides), and its libFuzzer output to
+# $CAIRN_FUZZ_TARGET_DIR/soak/<target>.log. The corpus carries over between
+# slices and sessions on one machine, so the script can be stopped at any time
 # (SIGTERM, or Ctrl-C in the foreground: the running fuzzers stop, their
 # slices are recorded; a script started with `&` from another script ignores
 # SIGINT, so send it SIGTERM) and run again later: totals are summed from
@@ -29,7 +30,7 @@ cd "$(dirname "$0")"
 tdir=${CAIRN_FUZZ_TARGET_DIR:-${CARGO_TARGET_DIR:-$HOME/.cache/cairn-target}/fuzz}
 corpus=${CAIRN_FUZZ_CORPUS:-$tdir/corpus}
 sdir=$tdir/soak
-results=${CAIRN_SOAK_RESULTS:-$sdir/results.txt}
+results=${CAIRN_SOAK_RESULTS:-$PWD/soak-results.txt}
 want_execs=${CAIRN_SOAK_EXECS:-10000000}
 want_cpu=${CAIRN_SOAK_CPU:-3600}
 slice=${CAIRN_SOAK_SLICE:-900}
