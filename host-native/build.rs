@@ -124,9 +124,9 @@ fn nested_build(
 /// Lets clang use the WebAssembly features every runtime cairn names has
 /// (wasmtime, V8 under Node, wasmer, WAMR; all in WebAssembly 2.0): 128-bit
 /// SIMD, which clang-19 does not enable by default, and bulk memory, whose
-/// `memory.copy`/`memory.fill` replace wasi-libc's byte loops for the many
-/// small copies of zstd, libdeflate and SQLite. Rust code already gets bulk
-/// memory from its target's defaults. Appended to the caller's own flags.
+/// `memory.copy`/`memory.fill` replace calls into wasi-libc's C loops for
+/// the many small copies of zstd, libdeflate and SQLite (Rust code has bulk
+/// memory by its target's defaults). Appended to the caller's own flags.
 fn with_wasm_features(mut env: Vec<(String, String)>) -> Vec<(String, String)> {
     const FLAGS: &str = "-msimd128 -mbulk-memory";
     const VAR: &str = "CFLAGS_wasm32_wasip2";
