@@ -35,7 +35,7 @@ from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench import (  # noqa: E402
-    GEN_VERSION, BenchError, db_fingerprint, fresh, generate_db, human, parse_size, run_steps,
+    GEN_VERSION, BenchError, db_fingerprint, dir_size, fresh, generate_db, human, parse_size, run_steps,
 )
 
 GIB = 1 << 30
@@ -88,7 +88,7 @@ def measure(a, label):
             row[name] = {"seconds": s.seconds, "rss_kib": s.rss_kib}
             print(f"  {human(size)} round {r + 1}: {name}: {s.seconds:.2f} s, {s.rss_kib / 1024:.1f} MiB",
                   file=sys.stderr)
-        row["archive_bytes"] = sum(f.stat().st_size for f in (work / "dest").rglob("*") if f.is_file())
+        row["archive_bytes"] = dir_size(work / "dest")
         rounds.append(row)
         shutil.rmtree(work)
     names = [n for n, _, _ in ops("", "", Path("."), "")]
