@@ -86,7 +86,9 @@ bash "$(dirname "${BASH_SOURCE[0]}")/setup-node.sh"
 #
 # s3s-fs checks SigV4 signatures and honours conditional PUTs; 0.14.1 is the
 # newest release that builds with our rustc. It gets its own install root so
-# that it never mixes with the wasmtime link in $bin.
+# that it never mixes with the wasmtime link in $bin. The benches run this
+# binary; the tests serve the same store through tests/src/bin/cairn-test-s3.rs,
+# which commits each PUT whole as S3 does (docs/RELIABILITY.md).
 S3S_FS_VERSION=0.14.1
 s3s_root="$bin/s3s"
 export CAIRN_S3S_FS="$s3s_root/bin/s3s-fs"

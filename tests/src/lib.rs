@@ -14,16 +14,21 @@ use rusqlite::Connection;
 
 /// The `cairn` binary built alongside these tests (or `$CAIRN_BIN`).
 pub fn cairn_bin() -> PathBuf {
-    if let Some(p) = std::env::var_os("CAIRN_BIN") {
+    built_bin("cairn", "CAIRN_BIN")
+}
+
+/// A binary of this workspace built alongside these tests (or `$env`).
+pub(crate) fn built_bin(name: &str, env: &str) -> PathBuf {
+    if let Some(p) = std::env::var_os(env).filter(|p| !p.is_empty()) {
         return PathBuf::from(p);
     }
-    // target/<profile>/deps/<test> -> target/<profile>/cairn
+    // target/<profile>/deps/<test> -> target/<profile>/<name>
     let exe = std::env::current_exe().expect("test executable path");
     let bin = exe
         .parent()
         .and_then(Path::parent)
         .expect("target dir")
-        .join("cairn");
+        .join(name);
     assert!(
         bin.exists(),
         "{} is missing: run the tests with `cargo test --workspace`",

@@ -88,10 +88,6 @@ fn find_binary(env: &str, fallbacks: &[PathBuf], name: &str) -> Option<PathBuf> 
         .find(|p| p.is_file())
 }
 
-fn home() -> PathBuf {
-    PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/root".into()))
-}
-
 /// The last few KiB of a server log, for failure messages.
 pub(crate) fn log_tail(log: &Path) -> String {
     let bytes = std::fs::read(log).unwrap_or_default();
@@ -261,13 +257,12 @@ const ACCESS_KEY: &str = "CAIRNTESTACCESSKEY";
 const SECRET_KEY: &str = "cairn-test-secret-key-0123456789abcdef";
 
 impl S3Server {
-    /// s3s-fs (Rust, checks SigV4 signatures) from `$CAIRN_S3S_FS`,
-    /// `~/.cache/cairn-bin/s3s/bin/s3s-fs` or PATH.
+    /// s3s-fs's store (Rust, checks SigV4 signatures) served by
+    /// `cairn-test-s3` (tests/src/bin), built with these tests or
+    /// `$CAIRN_TEST_S3`: the s3s-fs binary is not atomic when two writers of
+    /// one key meet, S3 is, and the kill tables make them meet.
     pub fn s3s_fs() -> Option<S3Server> {
-        let fallback = home().join(".cache/cairn-bin/s3s/bin/s3s-fs");
-        let Some(bin) = find_binary("CAIRN_S3S_FS", &[fallback], "s3s-fs") else {
-            return unavailable("s3s-fs", "s3s-fs is not installed");
-        };
+        let bin = crate::built_bin("cairn-test-s3", "CAIRN_TEST_S3");
         let dir = tempdir("cairn-s3s-");
         let data = dir.path().join("data");
         std::fs::create_dir_all(data.join(BUCKET)).expect("creating the s3s-fs bucket directory");
