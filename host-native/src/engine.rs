@@ -70,7 +70,7 @@ pub fn encoders(
                 .collect())
         }
         EngineKind::Wasm => {
-            let rt = Runtime::get()?;
+            let rt = Runtime::for_own_data()?;
             let wp = wit_params(params);
             (0..count)
                 .map(|_| {

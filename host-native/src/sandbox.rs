@@ -108,19 +108,35 @@ pub struct Runtime {
 }
 
 static RUNTIME: OnceLock<Result<Runtime, String>> = OnceLock::new();
+static OWN_DATA: OnceLock<Result<Runtime, String>> = OnceLock::new();
 
 impl Runtime {
     /// The process-wide runtime (compiled or loaded from cache on first use).
     pub fn get() -> Result<&'static Runtime> {
-        RUNTIME
-            .get_or_init(|| Runtime::new().map_err(|e| format!("{e:#}")))
+        Self::shared(&RUNTIME, true)
+    }
+
+    /// The runtime of guests that only ever see this process's own data
+    /// (the `--engine wasm` encoders compressing the database being backed
+    /// up): compiled without epoch checks, which cost a check at every loop
+    /// head of libdeflate's and zstd's match finders. Nothing hostile reaches
+    /// these guests, so there is no deadline to enforce; the memory cap stays.
+    pub fn for_own_data() -> Result<&'static Runtime> {
+        Self::shared(&OWN_DATA, false)
+    }
+
+    fn shared(
+        cell: &'static OnceLock<Result<Runtime, String>>,
+        deadlines: bool,
+    ) -> Result<&'static Runtime> {
+        cell.get_or_init(|| Runtime::new(deadlines).map_err(|e| format!("{e:#}")))
             .as_ref()
             .map_err(|e| anyhow!("cannot start the WebAssembly engine: {e}"))
     }
 
-    fn new() -> Result<Self> {
+    fn new(deadlines: bool) -> Result<Self> {
         let mut config = Config::new();
-        config.epoch_interruption(true);
+        config.epoch_interruption(deadlines);
         config.wasm_component_model(true);
         let engine = Engine::new(&config).map_err(|e| anyhow!("{e}"))?;
         let component = load_component(&engine, COMPONENT, "cairn-core")?;
@@ -130,6 +146,9 @@ impl Runtime {
             .instantiate_pre(&component)
             .map_err(|e| anyhow!("{e}"))?;
         let pre = CairnPre::new(pre).map_err(|e| anyhow!("{e}"))?;
+        if !deadlines {
+            return Ok(Runtime { engine, pre });
+        }
         let ticker = engine.weak();
         std::thread::Builder::new()
             .name("cairn-epoch".into())
