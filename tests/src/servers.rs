@@ -261,7 +261,7 @@ impl S3Server {
     /// `cairn-test-s3` (tests/src/bin), built with these tests or
     /// `$CAIRN_TEST_S3`: the s3s-fs binary is not atomic when two writers of
     /// one key meet, S3 is, and the kill tables make them meet.
-    pub fn s3s_fs() -> Option<S3Server> {
+    pub fn s3s_fs() -> S3Server {
         let bin = crate::built_bin("cairn-test-s3", "CAIRN_TEST_S3");
         let dir = tempdir("cairn-s3s-");
         let data = dir.path().join("data");
@@ -273,7 +273,7 @@ impl S3Server {
                 .arg(&data);
             cmd
         });
-        Some(S3Server::new("s3s-fs", port, Some(data), proc, dir))
+        S3Server::new("s3s-fs", port, Some(data), proc, dir)
     }
 
     /// moto's server (Python) from `$CAIRN_MOTO_SERVER` or PATH; accepts

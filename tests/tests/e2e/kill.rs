@@ -289,13 +289,10 @@ fn strings(v: &[&str]) -> Vec<String> {
 #[test]
 fn sigkill_at_random_moments_never_breaks_a_destination() {
     let s3 = S3Server::s3s_fs();
-    if s3.is_none() && !servers::ci() {
-        eprintln!("skipping the S3 rows: s3s-fs is not installed");
-    }
     let s = Scratch::new();
     s.make_db("app.db", 60_000);
     let rows = count_rows(&s.path("app.db"));
-    let env = s3.as_ref().map(|v| v.env()).unwrap_or_default();
+    let env = s3.env();
     let setup = Setup { s, env, rows };
     let p = |r: &str| setup.s.path(r);
     let mut rng = Rng(seed());
@@ -356,50 +353,48 @@ fn sigkill_at_random_moments_never_breaks_a_destination() {
         target: Some("rr/r.db"),
         before: None,
     });
-    if let Some(srv) = &s3 {
-        let url = srv.url("kill");
-        setup.run(&["backup", "app.db", &url]).ok();
-        ops.push(Op {
-            name: "backup (S3)",
-            args: vec!["backup".into(), "app.db".into(), url.clone(), "-q".into()],
-            dests: vec![(url.clone(), None)],
-            temp_dirs: vec![],
-            target: None,
-            before: None,
-        });
-        ops.push(Op {
-            name: "fan-out backup (local + S3)",
-            args: vec![
-                "backup".into(),
-                "app.db".into(),
-                "f".into(),
-                url.clone(),
-                "-q".into(),
-            ],
-            dests: vec![("f".into(), Some(p("f"))), (url.clone(), None)],
-            temp_dirs: vec![p("f")],
-            target: None,
-            before: None,
-        });
-        ops.push(Op {
-            name: "prune (S3)",
-            args: vec![
-                "prune".into(),
-                url.clone(),
-                "--keep-last".into(),
-                "2".into(),
-            ],
-            dests: vec![(url.clone(), None)],
-            temp_dirs: vec![],
-            target: None,
-            before: Some(vec![
-                "backup".into(),
-                "app.db".into(),
-                url.clone(),
-                "-q".into(),
-            ]),
-        });
-    }
+    let url = s3.url("kill");
+    setup.run(&["backup", "app.db", &url]).ok();
+    ops.push(Op {
+        name: "backup (S3)",
+        args: vec!["backup".into(), "app.db".into(), url.clone(), "-q".into()],
+        dests: vec![(url.clone(), None)],
+        temp_dirs: vec![],
+        target: None,
+        before: None,
+    });
+    ops.push(Op {
+        name: "fan-out backup (local + S3)",
+        args: vec![
+            "backup".into(),
+            "app.db".into(),
+            "f".into(),
+            url.clone(),
+            "-q".into(),
+        ],
+        dests: vec![("f".into(), Some(p("f"))), (url.clone(), None)],
+        temp_dirs: vec![p("f")],
+        target: None,
+        before: None,
+    });
+    ops.push(Op {
+        name: "prune (S3)",
+        args: vec![
+            "prune".into(),
+            url.clone(),
+            "--keep-last".into(),
+            "2".into(),
+        ],
+        dests: vec![(url.clone(), None)],
+        temp_dirs: vec![],
+        target: None,
+        before: Some(vec![
+            "backup".into(),
+            "app.db".into(),
+            url.clone(),
+            "-q".into(),
+        ]),
+    });
     let results = table(&setup, &ops, &mut rng);
     eprintln!("| operation | runs | kills | held | broke |");
     eprintln!("|---|---|---|---|---|");
@@ -512,13 +507,10 @@ fn partial_segments(dir: &Path) -> Vec<String> {
 #[test]
 fn sigkill_during_replication_never_breaks_a_replica() {
     let s3 = S3Server::s3s_fs();
-    if s3.is_none() && !servers::ci() {
-        eprintln!("skipping the S3 row: s3s-fs is not installed");
-    }
     let s = Scratch::new();
     let db = s.path("app.db");
     writer::create(&db);
-    let env = s3.as_ref().map(|v| v.env()).unwrap_or_default();
+    let env = s3.env();
     let setup = Setup { s, env, rows: 0 };
     let seed = seed();
     let mut rng = Rng(seed);
@@ -532,9 +524,7 @@ fn sigkill_during_replication_never_breaks_a_replica() {
     );
     let mut dests: Vec<(&str, String, Option<std::path::PathBuf>)> =
         vec![("replicate (local)", "rep".into(), Some(setup.s.path("rep")))];
-    if let Some(srv) = &s3 {
-        dests.push(("replicate (S3)", srv.url("krep"), None));
-    }
+    dests.push(("replicate (S3)", s3.url("krep"), None));
     let generations = |dest: &str| -> usize {
         let r = setup.run(&["list", dest, "--generations", "--json"]);
         serde_json::from_str::<serde_json::Value>(&r.stdout)

@@ -238,9 +238,7 @@ fn local_replicate_restore_newest_and_point_in_time() {
 
 #[test]
 fn s3_replicate_restore_and_fence() {
-    let Some(server) = S3Server::s3s_fs() else {
-        return;
-    };
+    let server = S3Server::s3s_fs();
     let s = Scratch::new();
     let env = server.env();
     let dest = server.url("repl");

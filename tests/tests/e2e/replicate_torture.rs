@@ -14,16 +14,17 @@
 //! by retries is shipped with its seen time, but a run killed while it was
 //! delayed never ships it: that is downtime, not a moment to restore to).
 //!
-//! `CAIRN_TORTURE_SECS` (default 25) sets the length, `CAIRN_TORTURE_SEED`
-//! replays a run, `CAIRN_TORTURE_POINTS` (default 12) the moments checked;
+//! `CAIRN_TORTURE_SECS` (default 25) sets the length (stretched up to three
+//! times while fewer than three moments qualify), `CAIRN_TORTURE_SEED`
+//! replays a run's choices, `CAIRN_TORTURE_POINTS` (default 12) the moments checked;
 //! `tests/replicate-torture.sh` runs the long version.
 
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use cairn_e2e::proxy::{Fault, FaultProxy};
-use cairn_e2e::servers::{self, S3Server};
-use cairn_e2e::writer::{self, Rng, Writer, WriterOptions, last_commit, now_ms};
+use cairn_e2e::servers::S3Server;
+use cairn_e2e::writer::{self, Commit, Rng, Writer, WriterOptions, last_commit, now_ms};
 use cairn_e2e::{Scratch, integrity_ok};
 
 fn env_num(name: &str, default: u64) -> u64 {
@@ -91,12 +92,61 @@ struct Life {
     end: i64,
 }
 
+/// The fewest moments a run must check to pass.
+const MIN_MOMENTS: usize = 3;
+
+/// The moments a restore can be checked at (see the top of this file),
+/// each with the last commit before it.
+fn moments(
+    commits: &[Commit],
+    lives: &[Life],
+    faults: &[(i64, i64)],
+    gens: &[serde_json::Value],
+) -> Vec<(i64, Commit)> {
+    let gen_start: Vec<(i64, &str)> = gens
+        .iter()
+        .filter_map(|g| {
+            Some((
+                g["started_at_ms"].as_i64()?,
+                g["reason"].as_str().unwrap_or(""),
+            ))
+        })
+        .collect();
+    const MARGIN: i64 = 800;
+    let mut candidates = Vec::new();
+    for (i, c) in commits.iter().enumerate() {
+        let t = c.end_ms + MARGIN;
+        if commits.get(i + 1).is_some_and(|n| n.begin_ms <= t) {
+            continue;
+        }
+        let Some(life) = lives.iter().find(|l| l.start <= t && t + 1500 <= l.end) else {
+            continue;
+        };
+        // The generation a restore at t uses must be this run's.
+        let Some(g) = gen_start.iter().rfind(|(s, _)| *s <= t) else {
+            continue;
+        };
+        if g.0 < life.start {
+            continue;
+        }
+        // Not just before a mid-run generation (frames it found lost).
+        if gen_start
+            .iter()
+            .any(|(s, why)| *why != "start" && *s > t && *s < t + 3000)
+        {
+            continue;
+        }
+        if faults.iter().any(|(a, b)| t >= a - MARGIN && t <= b + 3000) {
+            continue;
+        }
+        candidates.push((t, c.clone()));
+    }
+    candidates
+}
+
 #[test]
 fn restores_hold_exactly_the_commits_before_each_moment_despite_kills_and_faults() {
-    let Some(server) = S3Server::s3s_fs() else {
-        assert!(!servers::ci(), "s3s-fs is required under CI");
-        return;
-    };
+    let server = S3Server::s3s_fs();
     let secs = env_num("CAIRN_TORTURE_SECS", 25);
     let points = env_num("CAIRN_TORTURE_POINTS", 12) as usize;
     let seed = env_num("CAIRN_TORTURE_SEED", now_ms() as u64);
@@ -121,15 +171,33 @@ fn restores_hold_exactly_the_commits_before_each_moment_despite_kills_and_faults
     let mut lives: Vec<Life> = Vec::new();
     let mut faults: Vec<(i64, i64)> = Vec::new();
     let mut exits = Vec::new();
+    // The run lasts `secs`, and longer (up to three times) if by then too
+    // few moments qualify to check: a seed's timings are not replayable
+    // and a slow machine can leave long stretches unqualified.
     let t_end = Instant::now() + Duration::from_secs(secs);
-    while Instant::now() < t_end {
+    let t_cap = Instant::now() + Duration::from_secs(secs * 3);
+    let wanted = MIN_MOMENTS.min(points);
+    let go_on = |lives: &[Life], faults: &[(i64, i64)]| {
+        if Instant::now() < t_end {
+            return true;
+        }
+        let n = moments(&w.commits(), lives, faults, &ctx.generations()).len();
+        if n >= wanted || Instant::now() >= t_cap {
+            return false;
+        }
+        eprintln!("torture: {n} moments qualify so far, {wanted} wanted: going on");
+        true
+    };
+    while go_on(&lives, &faults) {
         let start = now_ms();
         let mut child = ctx.replicate("replicate.log");
         let life = rng.ms(3000, 8000);
         let t = Instant::now();
-        // In one run of three, segment uploads fail for a stretch (5xx and
-        // dropped connections), starting once the generation is likely up.
-        let fault_at = rng.chance(3).then(|| rng.ms(1200, 2500));
+        // In every third run (the second, fifth, …) segment uploads fail for
+        // a stretch (5xx and dropped connections), starting once the
+        // generation is likely up. Not at random: a run of faulted lives
+        // would leave nothing to check.
+        let fault_at = (lives.len() % 3 == 1).then(|| rng.ms(1200, 2500));
         let mut fault_on: Option<i64> = None;
         while t.elapsed() < life {
             if fault_on.is_none() && fault_at.is_some_and(|f| t.elapsed() >= f) {
@@ -214,44 +282,7 @@ fn restores_hold_exactly_the_commits_before_each_moment_despite_kills_and_faults
 
     // Moments to restore to.
     let gens = ctx.generations();
-    let gen_start: Vec<(i64, String)> = gens
-        .iter()
-        .map(|g| {
-            (
-                g["started_at_ms"].as_i64().unwrap(),
-                g["reason"].as_str().unwrap_or("").to_string(),
-            )
-        })
-        .collect();
-    const MARGIN: i64 = 800;
-    let mut candidates = Vec::new();
-    for (i, c) in commits.iter().enumerate() {
-        let t = c.end_ms + MARGIN;
-        if commits.get(i + 1).is_some_and(|n| n.begin_ms <= t) {
-            continue;
-        }
-        let Some(life) = lives.iter().find(|l| l.start <= t && t + 1500 <= l.end) else {
-            continue;
-        };
-        // The generation a restore at t uses must be this run's.
-        let Some(g) = gen_start.iter().rfind(|(s, _)| *s <= t) else {
-            continue;
-        };
-        if g.0 < life.start {
-            continue;
-        }
-        // Not just before a mid-run generation (frames it found lost).
-        if gen_start
-            .iter()
-            .any(|(s, why)| why != "start" && *s > t && *s < t + 3000)
-        {
-            continue;
-        }
-        if faults.iter().any(|(a, b)| t >= a - MARGIN && t <= b + 3000) {
-            continue;
-        }
-        candidates.push((t, c.clone()));
-    }
+    let candidates = moments(&commits, &lives, &faults, &gens);
     let step = (candidates.len() / points.max(1)).max(1);
     let chosen: Vec<_> = candidates.iter().step_by(step).take(points).collect();
     eprintln!(
@@ -271,7 +302,7 @@ fn restores_hold_exactly_the_commits_before_each_moment_despite_kills_and_faults
         chosen.len()
     );
     assert!(
-        chosen.len() >= 3.min(points),
+        chosen.len() >= MIN_MOMENTS.min(points),
         "too few moments to check: {} of {} commits qualified",
         candidates.len(),
         commits.len()
