@@ -105,11 +105,10 @@ fn moments(
 ) -> Vec<(i64, Commit)> {
     let gen_start: Vec<(i64, &str)> = gens
         .iter()
-        .filter_map(|g| {
-            Some((
-                g["started_at_ms"].as_i64()?,
-                g["reason"].as_str().unwrap_or(""),
-            ))
+        .map(|g| {
+            let start = g["started_at_ms"].as_i64();
+            let start = start.unwrap_or_else(|| panic!("a generation without started_at_ms: {g}"));
+            (start, g["reason"].as_str().unwrap_or(""))
         })
         .collect();
     const MARGIN: i64 = 800;
